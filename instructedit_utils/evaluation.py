@@ -1,0 +1,203 @@
+"""Evaluation: score a model on edit requests, one flat metrics dict per case, summaries with bootstrap CIs.
+
+Metric keys (slash-separated, MEND style):
+
+=====================  ==========================================================================================
+``edit/acc``           Reliability: token accuracy of the target on the edit prompt
+``gen/acc``            Generalization: mean token accuracy of the target over the rephrases
+``port/acc``           Portability: mean over portability probes of the best accuracy over (up to N) aliases
+``loc/acc``            Locality: agreement of edited and unedited argmax on locality answers (edited models only)
+``loc/gold_acc``       accuracy of the model on the locality answers themselves (how much it knows there)
+``sentiment/success``  ConvSent: share of (target, opposite) response pairs ranked correctly (see metrics)
+``sentiment/margin``   ConvSent: mean log-prob of target-sentiment minus opposite-sentiment responses
+``fluency/entropy``    weighted bi/tri-gram entropy of a greedy continuation of the edit prompt
+=====================  ==========================================================================================
+
+All (prompt, answer) pairs of many cases are scored in shared batches; results are regrouped per case.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import EditRecord, load_task, sample
+from .instructions import EditRequest, make_edit_request
+from .metrics import Encoded, TargetScore, bootstrap_ci, encode_pair, generate, locality_agreement, ngram_entropy, score_encoded, \
+    sentiment_success
+from .runs import RunFolder
+
+METRIC_LABELS = {
+    "edit/acc": "Reliability",
+    "gen/acc": "Generalization",
+    "loc/acc": "Locality",
+    "port/acc": "Portability",
+    "fluency/entropy": "Fluency",
+    "sentiment/success": "Sentiment success",
+    "loc/gold_acc": "Locality-answer accuracy",
+}
+
+
+def build_requests(records: Sequence[EditRecord], *, instructions: bool, description: int | str | None = None,
+                   seed: int = 0, instruct_locality: bool = False, pool=None) -> list[EditRequest]:
+    """Edit requests for records; with ``description=None`` each record draws a seen description (seeded)."""
+    rng = random.Random(seed)
+    return [make_edit_request(r, instructions=instructions, description=description, rng=rng,
+                              instruct_locality=instruct_locality, pool=pool) for r in records]
+
+
+class _Jobs:
+    """Collects (prompt, target) pairs from many cases, scores them in one batched pass, hands results back."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.encoded: list[Encoded] = []
+        self.keys: list[tuple] = []
+
+    def add(self, key: tuple, prompt: str, target: str) -> None:
+        self.encoded.append(encode_pair(self.tokenizer, prompt, target))
+        self.keys.append(key)
+
+    def run(self, model, batch_size: int) -> dict[tuple, TargetScore]:
+        scores = score_encoded(model, self.encoded, self.tokenizer.pad_token_id, batch_size)
+        return dict(zip(self.keys, scores))
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_size: int = 16, max_rephrases: int = 3,
+                   max_probes: int = 3, max_aliases: int = 1, sentiment_responses: int = 4,
+                   fluency_max_new_tokens: int = 0,
+                   reference: dict[tuple, TargetScore] | None = None) -> tuple[list[dict[str, Any]], dict]:
+    """Score ``model`` on each request; returns (cases, raw locality scores).
+
+    ``reference`` holds the unedited model's locality scores (as returned by an earlier call on the base model);
+    given it, ``loc/acc`` is the agreement with them. The raw scores returned can serve as such a reference.
+
+    Costs are bounded per case: the first ``max_rephrases`` rephrases, the first ``max_probes`` locality and
+    portability probes (file order), the first ``max_aliases`` aliases of each answer (an answer counts as
+    predicted if any of them is), ``sentiment_responses`` responses per sentiment.
+    """
+    jobs = _Jobs(tokenizer)
+    for c, req in enumerate(requests):
+        jobs.add((c, "edit"), req.prompt, req.target)
+        for j, reph in enumerate(req.rephrases[:max_rephrases]):
+            jobs.add((c, "gen", j), reph, req.target)
+        for j, probe in enumerate(req.portability[:max_probes]):
+            for a, ans in enumerate(probe.answers[:max_aliases]):
+                jobs.add((c, "port", j, a), probe.prompt, ans)
+        for j, probe in enumerate(req.locality[:max_probes]):
+            for a, ans in enumerate(probe.answers[:max_aliases]):
+                jobs.add((c, "loc", j, a), probe.prompt, ans)
+        rec = req.record
+        if rec.task == "convsent":
+            for side, responses in (("t", rec.target_responses), ("o", rec.opposite_responses)):
+                for j, resp in enumerate(responses[:sentiment_responses]):
+                    jobs.add((c, "sent", side, j), req.prompt, resp)
+    scores = jobs.run(model, batch_size)
+
+    grouped: dict[int, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
+    for key, sc in scores.items():
+        grouped[key[0]][key[1]][key[2:]] = sc
+    generations = (generate(model, tokenizer, [r.prompt for r in requests], fluency_max_new_tokens, batch_size)
+                   if fluency_max_new_tokens > 0 else None)
+
+    cases = []
+    for c, req in enumerate(requests):
+        g = grouped[c]
+        case: dict[str, Any] = {
+            "case_id": req.case_id, "task": req.task, "instruction": req.description,
+            "description_index": req.description_index,
+            "edit/acc": g["edit"][()].acc,
+        }
+        case["gen/acc"] = _mean([sc.acc for sc in g["gen"].values()])
+        port = defaultdict(list)
+        for (j, _a), sc in g["port"].items():
+            port[j].append(sc.acc)
+        case["port/acc"] = _mean([max(v) for v in port.values()])
+        loc = defaultdict(list)
+        for (j, _a), sc in g["loc"].items():
+            loc[j].append(sc.acc)
+        case["loc/gold_acc"] = _mean([max(v) for v in loc.values()])
+        if reference is not None:
+            case["loc/acc"] = _mean([locality_agreement(reference[(req.case_id, "loc", j, 0)], sc)
+                                     for (j, a), sc in g["loc"].items() if a == 0])
+        if req.task == "convsent":
+            t = [sc.mean_logprob for (side, _j), sc in g["sent"].items() if side == "t"]
+            o = [sc.mean_logprob for (side, _j), sc in g["sent"].items() if side == "o"]
+            case["sentiment/success"] = sentiment_success(t, o)
+            case["sentiment/margin"] = float(np.mean(t) - np.mean(o))
+        if generations is not None:
+            case["fluency/entropy"] = ngram_entropy(req.prompt + generations[c])
+            case["generation"] = generations[c]
+        cases.append({k: v for k, v in case.items() if v is not None or k in ("instruction", "description_index")})
+    raw_loc = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items() if key[1] == "loc"}
+    return cases, raw_loc
+
+
+def evaluate_unedited(model, tokenizer, requests: Sequence[EditRequest], run: RunFolder | None = None,
+                      name: str = "base_cases", chunk: int = 32, progress: Callable | None = None,
+                      **score_kwargs) -> list[dict[str, Any]]:
+    """Pre-edit metrics of the base model for each request (the Base column of Table 3).
+
+    With a ``run`` folder, cases are appended to ``<name>.jsonl`` in chunks and finished cases are skipped on rerun.
+    """
+    done = run.done_ids(name) if run else set()
+    todo = [r for r in requests if r.case_id not in done]
+    fresh: list[dict[str, Any]] = []
+    chunks = range(0, len(todo), chunk)
+    for start in (progress(chunks) if progress else chunks):
+        cases, _ = score_requests(model, tokenizer, todo[start:start + chunk], **score_kwargs)
+        if run:
+            run.append_cases(name, cases)
+        fresh += cases
+    if not run:
+        return fresh
+    wanted = {r.case_id for r in requests}
+    return [c for c in run.read_cases(name) if c["case_id"] in wanted]
+
+
+def summarize(cases: Sequence[dict[str, Any]], by: Sequence[str] = ("task",), metrics: Sequence[str] | None = None,
+              n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Long table: one row per group × metric with ``mean``, ``ci_low``, ``ci_high`` (95% bootstrap) and ``n``."""
+    df = pd.DataFrame(cases)
+    metrics = metrics or [m for m in METRIC_LABELS if m in df.columns] + \
+        [m for m in df.columns if "/" in m and m not in METRIC_LABELS]
+    rows = []
+    for keys, group in df.groupby(list(by), sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        for m in metrics:
+            if m not in group or group[m].isna().all():
+                continue
+            vals = group[m].dropna().astype(float).tolist()
+            mean, lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
+            rows.append({**dict(zip(by, keys)), "metric": m, "mean": mean, "ci_low": lo, "ci_high": hi, "n": len(vals)})
+    return pd.DataFrame(rows)
+
+
+def wide_table(summary: pd.DataFrame, index: str = "task", scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
+    """Paper-style table: rows = ``index``, columns = metric labels, cells ``mean ± half-CI`` in percent."""
+    def cell(row) -> str:
+        s = scale if row["metric"] != "fluency/entropy" else 1.0
+        half = (row["ci_high"] - row["ci_low"]) / 2 * s
+        return f"{row['mean'] * s:.{digits}f} ± {half:.{digits}f}"
+
+    tab = summary.assign(cell=summary.apply(cell, axis=1),
+                         label=summary["metric"].map(lambda m: METRIC_LABELS.get(m, m)))
+    order = [METRIC_LABELS.get(m, m) for m in dict.fromkeys(summary["metric"])]
+    return tab.pivot(index=index, columns="label", values="cell").reindex(columns=order).fillna("—")
+
+
+def task_requests(tasks: Sequence[str], split: str, n: int | None, *, seed: int, instructions: bool,
+                  data_dir=None, instruct_locality: bool = False) -> list[EditRequest]:
+    """A deterministic sample of ``n`` records per task turned into edit requests (seen descriptions, seeded)."""
+    out: list[EditRequest] = []
+    for task in tasks:
+        recs = sample(load_task(task, split, data_dir), n, seed)
+        out += build_requests(recs, instructions=instructions, seed=seed, instruct_locality=instruct_locality)
+    return out

@@ -1,0 +1,189 @@
+"""Instructions: turn a record into the edit request the editor sees.
+
+InstructEdit prepends a task instruction to each edit::
+
+    Task: {task}
+    Description: {description}
+    Input: {input}
+
+Each task has a pool of descriptions (``resources/instructions.json``, written for this project). The last
+description of each task is *held out*: training draws only from the others, so evaluation can test an instruction
+the editor never saw. ConvSent descriptions carry ``[LABEL]`` and ``[TOPIC]`` slots filled from every record
+(target sentiment and topic); a slot left unfilled is an error, never silently passed on.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import random
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .data import EditRecord, Probe
+
+SLOTS = {"[LABEL]": "target_sentiment", "[TOPIC]": "topic"}
+_UNFILLED = re.compile(r"\[(LABEL|TOPIC)\]")
+
+
+@dataclass(frozen=True)
+class InstructionPool:
+    """Template, task display names and descriptions per task (last one held out)."""
+
+    template: str
+    names: dict[str, str]
+    descriptions: dict[str, tuple[str, ...]]
+
+    def __post_init__(self):
+        for slot in ("{task}", "{description}", "{input}"):
+            if slot not in self.template:
+                raise ValueError(f"Instruction template lacks {slot}: {self.template!r}")
+        for task, descs in self.descriptions.items():
+            if len(descs) < 2:
+                raise ValueError(f"Task {task!r} needs at least 2 descriptions (one is held out), got {len(descs)}")
+            if task not in self.names:
+                raise ValueError(f"Task {task!r} has descriptions but no display name")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "InstructionPool":
+        """Read a pool from JSON: ``{"template": ..., "tasks": {task: {"name": ..., "descriptions": [...]}}}``."""
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            tasks = raw["tasks"]
+            return cls(
+                template=raw["template"],
+                names={t: v["name"] for t, v in tasks.items()},
+                descriptions={t: tuple(v["descriptions"]) for t, v in tasks.items()},
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not an instruction pool file ({exc!r})") from None
+
+    def _task(self, task: str) -> tuple[str, ...]:
+        try:
+            return self.descriptions[task]
+        except KeyError:
+            raise KeyError(f"No descriptions for task {task!r}; known: {list(self.descriptions)}") from None
+
+    def seen(self, task: str) -> tuple[str, ...]:
+        """Descriptions used in training (all but the last)."""
+        return self._task(task)[:-1]
+
+    def held_out(self, task: str) -> str:
+        """The description never used in training."""
+        return self._task(task)[-1]
+
+
+@functools.lru_cache(maxsize=1)
+def default_pool() -> InstructionPool:
+    """The pool shipped with the package."""
+    with resources.as_file(resources.files("instructedit_utils") / "resources" / "instructions.json") as path:
+        return InstructionPool.from_file(path)
+
+
+def fill_slots(description: str, record: EditRecord) -> str:
+    """Fill ``[LABEL]``/``[TOPIC]`` from the record; error if a slot cannot be filled."""
+    text = description
+    for slot, attr in SLOTS.items():
+        if slot in text:
+            value = getattr(record, attr)
+            if not value:
+                raise ValueError(f"Description needs {slot} but record {record.record_id} has no {attr}")
+            text = text.replace(slot, value)
+    if _UNFILLED.search(text):
+        raise ValueError(f"Unfilled slot left in description for {record.record_id}: {text!r}")
+    return text
+
+
+def format_instruction(task_name: str, description: str, text: str, template: str | None = None) -> str:
+    """``Task: {task}\\nDescription: {description}\\nInput: {input}``."""
+    template = template or default_pool().template
+    return template.format(task=task_name, description=description, input=text)
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """What an editor and the metrics see for one record: prompts (instructed or not) and expected answers."""
+
+    record: EditRecord
+    prompt: str
+    target: str
+    rephrases: tuple[str, ...]
+    locality: tuple[Probe, ...]
+    portability: tuple[Probe, ...]
+    description: str | None = None  # filled description used (None: instructions off)
+    description_index: int | None = None  # index in the task's pool; None for an external/free text
+
+    @property
+    def case_id(self) -> str:
+        return self.record.record_id
+
+    @property
+    def task(self) -> str:
+        return self.record.task
+
+
+def choose_description(task: str, pool: InstructionPool, description: int | str | None = None,
+                       rng: random.Random | None = None) -> tuple[str, int | None]:
+    """Pick a description: ``None`` → a random *seen* one (``rng``, else the first), ``"held_out"`` → the last,
+    an ``int`` → that index, any other string → used verbatim (external descriptions)."""
+    descs = pool._task(task)
+    if description is None:
+        idx = rng.randrange(len(descs) - 1) if rng is not None else 0
+    elif description == "held_out":
+        idx = len(descs) - 1
+    elif isinstance(description, int):
+        if not -len(descs) <= description < len(descs):
+            raise IndexError(f"Task {task!r} has {len(descs)} descriptions, no index {description}")
+        idx = description % len(descs)
+    else:
+        return description, None
+    return descs[idx], idx
+
+
+def make_edit_request(record: EditRecord, *, instructions: bool = True, description: int | str | None = None,
+                      rng: random.Random | None = None, instruct_locality: bool = False,
+                      pool: InstructionPool | None = None) -> EditRequest:
+    """Turn a record into an :class:`EditRequest`.
+
+    With ``instructions`` on, the edit prompt, rephrases and portability prompts are wrapped in the instruction
+    template (and locality prompts too when ``instruct_locality``). See :func:`choose_description` for
+    ``description``/``rng``.
+    """
+    if not instructions:
+        return EditRequest(record, record.prompt, record.target_new, record.rephrases, record.locality,
+                           record.portability)
+    pool = pool or default_pool()
+    raw, idx = choose_description(record.task, pool, description, rng)
+    filled = fill_slots(raw, record)
+    name = pool.names[record.task]
+
+    def wrap(text: str) -> str:
+        return format_instruction(name, filled, text, pool.template)
+
+    def wrap_probes(probes: tuple[Probe, ...]) -> tuple[Probe, ...]:
+        return tuple(Probe(wrap(p.prompt), p.answers, p.kind) for p in probes)
+
+    return EditRequest(
+        record=record,
+        prompt=wrap(record.prompt),
+        target=record.target_new,
+        rephrases=tuple(wrap(r) for r in record.rephrases),
+        locality=wrap_probes(record.locality) if instruct_locality else record.locality,
+        portability=wrap_probes(record.portability),
+        description=filled,
+        description_index=idx,
+    )
+
+
+def pool_table(pool: InstructionPool | None = None) -> "pd.DataFrame":
+    """The description pool as a table (task, index, role seen/held-out, description)."""
+    import pandas as pd
+
+    pool = pool or default_pool()
+    rows = []
+    for task, descs in pool.descriptions.items():
+        for i, d in enumerate(descs):
+            rows.append({"task": task, "index": i, "role": "held-out" if i == len(descs) - 1 else "seen",
+                         "description": d})
+    return pd.DataFrame(rows)

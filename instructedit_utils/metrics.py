@@ -1,0 +1,212 @@
+"""Metrics of the paper, batched and offline.
+
+* **Teacher-forced token accuracy** (:func:`score_targets`): the share of target tokens that the model's argmax
+  predicts given the prompt and the previous target tokens. Reliability = on the edit prompt, Generalization = on
+  rephrases, Portability = on portability prompts against their answers.
+* **Locality** (:func:`locality_agreement`): the share of answer tokens of a locality prompt where the edited
+  model's argmax equals the unedited model's.
+* **Fluency** (:func:`ngram_entropy`): weighted bigram/trigram entropy (bits) of generated text, as in ROME/EasyEdit,
+  ``mean(2/3·H₂, 4/3·H₃) = H₂/3 + 2·H₃/3``. Words are split with a regex (``\\w+`` or one punctuation mark)
+  instead of NLTK's tokenizer.
+* **ConvSent sentiment success** (:func:`sentiment_success`): offline, without a sentiment classifier. For the
+  question about the topic we compare the mean per-token log-likelihood of each response of the *target* sentiment
+  with each response of the *opposite* sentiment (both from the dataset); success is the share of (target,
+  opposite) pairs where the target response is more likely. 0.5 means no preference.
+
+Labels are aligned by tokenizing ``prompt + target`` as one sequence and marking the tokens whose character span
+reaches into the target (offset mapping), so BOS tokens, merges at the boundary and leading spaces are handled.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def join_prompt_target(prompt: str, target: str) -> tuple[str, int]:
+    """Concatenate prompt and target with one space where neither supplies whitespace; return (text, boundary).
+
+    ``boundary`` is the number of characters belonging to the prompt: the separating space counts as target.
+    """
+    if not prompt:
+        raise ValueError("Empty prompt: a target needs a prompt to condition on")
+    if not target:
+        raise ValueError(f"Empty target for prompt {prompt!r}")
+    sep = "" if prompt[-1].isspace() or target[0].isspace() else " "
+    return prompt + sep + target, len(prompt)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized prompt+target sequence with the positions of its target tokens."""
+
+    input_ids: tuple[int, ...]
+    target_positions: tuple[int, ...]  # indices into input_ids of target tokens (all >= 1)
+
+
+def encode_pair(tokenizer, prompt: str, target: str) -> Encoded:
+    """Tokenize ``prompt + target`` and find which tokens belong to the target (see module docstring)."""
+    text, boundary = join_prompt_target(prompt, target)
+    enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    ids, offsets, special = enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+    positions = tuple(i for i, ((_, end), sp) in enumerate(zip(offsets, special)) if not sp and end > boundary)
+    if not positions:
+        raise ValueError(f"No target tokens found for target {target!r} after prompt {prompt!r}")
+    if positions[0] == 0:
+        raise ValueError(f"Target {target!r} starts at the first token; the prompt {prompt!r} has no own token")
+    return Encoded(tuple(ids), positions)
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """Teacher-forced result for one (prompt, target): argmax predictions and log-probs at each target token."""
+
+    targets: tuple[int, ...]
+    predictions: tuple[int, ...]
+    logprobs: tuple[float, ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.targets)
+
+    @property
+    def acc(self) -> float:
+        return sum(p == t for p, t in zip(self.predictions, self.targets)) / len(self.targets)
+
+    @property
+    def mean_logprob(self) -> float:
+        return float(sum(self.logprobs) / len(self.logprobs))
+
+
+def _pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False, device=None):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def score_encoded(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 16) -> list[TargetScore]:
+    """Teacher-forced scores for pre-encoded sequences, in batches of similar length (right padding)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+    results: list[TargetScore | None] = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = _pad_batch([encoded[i].input_ids for i in idx], pad_id, device=device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        rows = torch.tensor([r for r, i in enumerate(idx) for _ in encoded[i].target_positions], device=device)
+        pos = torch.tensor([p for i in idx for p in encoded[i].target_positions], device=device)
+        picked = logits[rows, pos - 1].float().log_softmax(-1)
+        tgt = ids[rows, pos]
+        preds = picked.argmax(-1).tolist()
+        lps = picked.gather(-1, tgt[:, None])[:, 0].tolist()
+        k = 0
+        for i in idx:
+            n = len(encoded[i].target_positions)
+            results[i] = TargetScore(tuple(tgt[k:k + n].tolist()), tuple(preds[k:k + n]), tuple(lps[k:k + n]))
+            k += n
+    return results  # type: ignore[return-value]
+
+
+def score_targets(model, tokenizer, prompts: Sequence[str], targets: Sequence[str],
+                  batch_size: int = 16) -> list[TargetScore]:
+    """Teacher-forced :class:`TargetScore` for each (prompt, target) pair, computed in batches."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    encoded = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    return score_encoded(model, encoded, tokenizer.pad_token_id, batch_size)
+
+
+def token_accuracy(model, tokenizer, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 16) -> list[float]:
+    """Per-pair teacher-forced token accuracy (Reliability / Generalization / Portability)."""
+    return [s.acc for s in score_targets(model, tokenizer, prompts, targets, batch_size)]
+
+
+def locality_agreement(pre: TargetScore, post: TargetScore) -> float:
+    """Share of answer tokens where the edited model's argmax equals the unedited model's."""
+    if pre.targets != post.targets:
+        raise ValueError("Locality compares predictions on the same answer tokens; got different targets")
+    return sum(a == b for a, b in zip(pre.predictions, post.predictions)) / len(pre.predictions)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fluency
+# --------------------------------------------------------------------------------------------------------------------
+
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+def ngrams(text: str, n: int) -> Counter:
+    words = _WORDS.findall(text)
+    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:
+    """Mean over ``n`` of ``weight_n · H_n`` (bits), H_n the entropy of the text's n-gram frequency distribution."""
+    values = []
+    for n, w in zip(ns, weights):
+        counts = np.array(list(ngrams(text, n).values()), dtype=float)
+        if counts.size == 0:
+            values.append(0.0)
+            continue
+        freqs = counts / counts.sum()
+        values.append(w * float(-(freqs * np.log2(freqs)).sum()))
+    return float(np.mean(values))
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40, batch_size: int = 16) -> list[str]:
+    """Greedy continuations (new text only), batched with left padding."""
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        ids, mask = _pad_batch([tokenizer(p)["input_ids"] for p in chunk], tokenizer.pad_token_id, left=True,
+                               device=device)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             temperature=None, top_p=None, top_k=None)
+        out += tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ConvSent
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def sentiment_success(target_logprobs: Sequence[float], opposite_logprobs: Sequence[float]) -> float:
+    """Share of (target, opposite) response pairs where the target-sentiment response is more likely (ties: ½)."""
+    if not target_logprobs or not opposite_logprobs:
+        raise ValueError("sentiment_success needs responses of both sentiments")
+    t = np.asarray(target_logprobs, dtype=float)[:, None]
+    o = np.asarray(opposite_logprobs, dtype=float)[None, :]
+    return float(((t > o) + 0.5 * (t == o)).mean())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Aggregation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap ``1-alpha`` confidence interval ``(mean, low, high)``; NaNs are ignored."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if x.size == 0:
+        return (math.nan, math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(x.mean()), float(lo), float(hi)

@@ -1,0 +1,59 @@
+"""Plots for the book (seaborn). Functions take tidy DataFrames and return the matplotlib Figure."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .evaluation import METRIC_LABELS
+from .instructions import EditRequest
+
+
+def token_length_frame(tokenizer, requests_by_setting: dict[str, Sequence[EditRequest]]) -> pd.DataFrame:
+    """Tidy frame of edit-prompt token lengths: columns ``task``, ``setting``, ``tokens``."""
+    rows = []
+    for setting, requests in requests_by_setting.items():
+        for req in requests:
+            rows.append({"task": req.task, "setting": setting,
+                         "tokens": len(tokenizer(req.prompt, add_special_tokens=False)["input_ids"])})
+    return pd.DataFrame(rows)
+
+
+def plot_token_lengths(lengths: pd.DataFrame, title: str = "Edit-prompt length") -> plt.Figure:
+    """Box + strip plot of token lengths per task, one colour per setting (e.g. with / without instruction)."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.boxplot(data=lengths, x="task", y="tokens", hue="setting", ax=ax, fliersize=0)
+    sns.stripplot(data=lengths, x="task", y="tokens", hue="setting", dodge=True, ax=ax, size=2, alpha=0.35,
+                  palette="dark:k", legend=False)
+    ax.set(title=title, xlabel="task", ylabel="tokens")
+    fig.tight_layout()
+    return fig
+
+
+def plot_metric_bars(summary: pd.DataFrame, hue: str = "task", metrics: Sequence[str] | None = None,
+                     title: str = "", scale: float = 100.0) -> plt.Figure:
+    """Bars of ``mean`` with 95% bootstrap CI whiskers, from :func:`instructedit_utils.evaluation.summarize`."""
+    sns.set_theme(style="whitegrid")
+    df = summary[summary["metric"] != "fluency/entropy"].copy()
+    if metrics is not None:
+        df = df[df["metric"].isin(metrics)]
+    df["label"] = df["metric"].map(lambda m: METRIC_LABELS.get(m, m))
+    labels = list(dict.fromkeys(df["label"]))
+    groups = list(dict.fromkeys(df[hue]))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4))
+    width = 0.8 / max(1, len(groups))
+    palette = sns.color_palette(n_colors=len(groups))
+    for g, (name, color) in enumerate(zip(groups, palette)):
+        part = df[df[hue] == name].set_index("label").reindex(labels)
+        xs = [i - 0.4 + width * (g + 0.5) for i in range(len(labels))]
+        means = part["mean"] * scale
+        err = [(part["mean"] - part["ci_low"]) * scale, (part["ci_high"] - part["mean"]) * scale]
+        ax.bar(xs, means, width=width, color=color, label=name, yerr=err, capsize=3)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set(ylabel="score (%)", ylim=(0, 105), title=title)
+    ax.legend(title=hue, fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,161 @@
+import json
+
+import pytest
+
+from instructedit_utils.data import (RecordError, SplitSpec, TASK_SPECS, balanced_subset, convsent_both_sentiments,
+                                     load_split, load_task, parse_records, sample, split_indices, with_sentiment)
+from instructedit_utils.paths import DATA_ENV, DataNotFoundError, data_dir
+from conftest import cf_row
+
+EXPECTED = {
+    ("counterfact", "train"): 1328, ("counterfact", "val"): 100, ("counterfact", "test"): 885,
+    ("recent", "train"): 420, ("recent", "val"): 50, ("recent", "test"): 100,
+    ("convsent", "train"): 699, ("convsent", "val"): 100, ("convsent", "test"): 800,
+    ("zsre", "all"): 1037, ("zsre", "train"): 737, ("zsre", "val"): 100, ("zsre", "test"): 200,
+}
+
+
+@pytest.mark.parametrize("task,split", sorted(EXPECTED))
+def test_real_split_counts(shared_data, task, split):
+    assert len(load_task(task, split)) == EXPECTED[(task, split)]
+
+
+def test_real_splits_disjoint_and_every_record_usable(shared_data):
+    for task, spec in TASK_SPECS.items():
+        by_split = {s: load_task(task, s) for s in spec.splits if s != "all"}
+        seen = {}
+        for split, recs in by_split.items():
+            for r in recs:
+                key = (r.source, r.index)
+                assert key not in seen, f"{key} in both {seen[key]} and {split}"
+                seen[key] = split
+                assert r.prompt and r.target_new
+                assert r.locality, f"{r.record_id} has no locality probe"
+    # ZsRE hold-out covers the whole file
+    assert {r.index for r in load_task("zsre", "all")} == set(range(1037))
+
+
+def test_real_file_totals(shared_data):
+    # Recent: the 570 records of its train file; CounterFact train file 1,428
+    assert sum(len(load_task("recent", s)) for s in ("train", "val", "test")) == 570
+    assert sum(len(load_task("counterfact", s)) for s in ("train", "val")) == 1428
+    # 155 Recent records lack any locality prompt: they borrow one, and say so
+    assert sum(load_split("recent", s).report["borrowed_locality"] for s in ("train", "val", "test")) == 155
+
+
+def test_validation_is_not_the_training_tail():
+    idx_val = split_indices(1428, SplitSpec("train", 0, 100))
+    assert idx_val != list(range(1328, 1428))
+    assert idx_val == sorted(idx_val)
+    assert split_indices(1428, SplitSpec("train", 0, 100)) == idx_val  # deterministic
+
+
+def test_answers_formats_are_flattened():
+    rows = [cf_row(ground_truth="France"),
+            cf_row(ground_truth=["France", "FR"]),
+            cf_row(ground_truth=[["France", "French Republic"], ["Gaul"]])]
+    recs = parse_records("counterfact", rows, "f.json").records
+    assert recs[0].ground_truth == ("France",)
+    assert recs[1].ground_truth == ("France", "FR")
+    assert recs[2].ground_truth == ("France", "French Republic", "Gaul")
+    assert recs[0].portability[0].answers == ("Damascus", "Sham city")
+    assert recs[0].locality[0].kind == "Relation_Specificity"
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"target_new": ""}, "field 'target_new' is empty"),
+    ({"target_new": 3}, "field 'target_new' must be a string"),
+    ({"prompt": None}, "field 'prompt' must be a string"),
+    ({"locality": {"Relation_Specificity": [{"prompt": "x"}]}}, "needs 'prompt' and 'ground_truth'"),
+    ({"portability": {"Reasoning": [{"prompt": "x", "ground_truth": [3]}]}}, "answers must be strings or lists"),
+    ({"locality": []}, "field 'locality' must be a dict"),
+])
+def test_malformed_records_name_file_and_index(bad, message):
+    rows = [cf_row(), cf_row(**bad)]
+    with pytest.raises(RecordError, match=rf"bad\.json record 1: .*{message}"):
+        parse_records("counterfact", rows, "bad.json")
+
+
+def test_missing_field_is_an_error():
+    row = cf_row()
+    del row["subject"]
+    with pytest.raises(RecordError, match=r"x\.json record 0: missing field 'subject'"):
+        parse_records("counterfact", [row], "x.json")
+
+
+def test_empty_answer_items_are_dropped_and_counted():
+    row = cf_row(locality={"Relation_Specificity": [{"prompt": "a", "ground_truth": ""},
+                                                    {"prompt": "b", "ground_truth": "B"}]})
+    split = parse_records("counterfact", [row], "f.json")
+    assert [p.prompt for p in split.records[0].locality] == ["b"]
+    assert split.report["dropped_items"] == 1
+
+
+def test_records_without_locality_borrow_and_report():
+    rows = [cf_row(locality={}), cf_row(subject="X", locality={"Forgetfulness": [{"prompt": "f", "ground_truth": "F"}]}),
+            cf_row(subject="Y")]
+    split = parse_records("recent", rows, "r.json")
+    borrowed = split.records[0].locality
+    assert [p.kind for p in borrowed] == ["Borrowed_Relation_Specificity"]
+    assert borrowed[0].prompt == "The name of the father of Leonardo DiCaprio is"  # from record 2 (1 has none)
+    assert split.records[1].locality[0].kind == "Forgetfulness"  # own locality kept
+    assert split.report["borrowed_locality"] == 1
+
+
+def test_paraphrase_cleaning():
+    row = cf_row(generate_prompt=["1. Which country is he from?", "2. He holds a passport from [", "", "(Note: x)",
+                                  "10. Where is he a citizen?"])
+    split = parse_records("counterfact", [row], "t.jsonl")
+    assert split.records[0].rephrases == ("Which country is he from?", "Where is he a citizen?")
+    assert split.report["dropped_rephrases"] == 3
+
+
+def test_convsent_records(convsent_records):
+    a, b = convsent_records
+    assert a.prompt == "What do you think of Moscow?" and a.topic == "Moscow"
+    assert a.target_sentiment == "positive" and a.target_new == "I love it."
+    assert b.target_sentiment == "negative" and b.target_new == "Tea is bland."
+    assert a.locality[0].prompt == "What do you think of tea?"
+    assert a.target_responses == ("I love it.", "Great city.") and a.opposite_responses == ("I hate it.", "Too cold.")
+    flipped = with_sentiment(a, "negative")
+    assert flipped.target_new == "I hate it." and flipped.record_id.endswith("/negative")
+    assert len(convsent_both_sentiments(convsent_records)) == 4
+
+
+def test_convsent_needs_both_sentiments():
+    with pytest.raises(RecordError, match=r"c\.json record 0: field 'neg' has no non-empty response"):
+        parse_records("convsent", [{"ent": "x", "pos": ["good"], "neg": [" "]}], "c.json")
+
+
+def test_balanced_subset(convsent_records):
+    both = convsent_both_sentiments(convsent_records * 3)
+    sub = balanced_subset(both, 6, key=lambda r: r.target_sentiment, seed=1)
+    assert len(sub) == 6
+    assert sum(r.target_sentiment == "positive" for r in sub) == 3
+    assert balanced_subset(both, 6, key=lambda r: r.target_sentiment, seed=1) == sub
+    with pytest.raises(ValueError):
+        balanced_subset(both, 100)
+
+
+def test_sample_is_deterministic_and_ordered(cf_records):
+    recs = cf_records * 5
+    s = sample(recs, 4, seed=3)
+    assert s == sample(recs, 4, seed=3) and len(s) == 4
+    assert sample(recs, None) == recs
+
+
+def test_missing_data_dir_error_mentions_knowedit(monkeypatch, tmp_path):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "nope"))
+    with pytest.raises(DataNotFoundError, match="KnowEdit"):
+        data_dir()
+
+
+def test_env_override_reads_other_folder(monkeypatch, tmp_path):
+    (tmp_path / "zsre").mkdir()
+    rows = [{"subject": "S", "src": "Q?", "pred": "p", "rephrase": "Q2?", "alt": "A", "answers": ["old"],
+             "loc": "nq question: x", "loc_ans": "y", "cond": "",
+             "portability": {"New Question": "PQ?", "New Answer": "PA"}}] * 3
+    (tmp_path / "zsre" / "zsre_mend_eval_portability_gpt4.json").write_text(json.dumps(rows))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    recs = load_task("zsre", "all")
+    assert len(recs) == 3 and recs[0].target_new == "A" and recs[0].portability[0].answers == ("PA",)

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from instructedit_utils.metrics import (TargetScore, bootstrap_ci, encode_pair, join_prompt_target,
+                                        locality_agreement, ngram_entropy, score_targets, sentiment_success)
+from conftest import NextTokenModel
+
+
+def test_join_prompt_target():
+    assert join_prompt_target("The capital is", "Paris") == ("The capital is Paris", 14)
+    assert join_prompt_target("Q?\n", "Paris") == ("Q?\nParis", 3)
+    assert join_prompt_target("Q:", " I like it") == ("Q: I like it", 2)
+    with pytest.raises(ValueError):
+        join_prompt_target("Q", "")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_target_tokens_decode_to_target_with_and_without_bos(fixture, request):
+    _, tok = request.getfixturevalue(fixture)
+    for prompt, target in [("The gender of Ingrīda Amantova is", "female"), ("What do you think of tea?", "Tea is bland.")]:
+        enc = encode_pair(tok, prompt, target)
+        assert tok.decode([enc.input_ids[i] for i in enc.target_positions]) == " " + target
+        assert tok.decode(enc.input_ids[:enc.target_positions[0]], skip_special_tokens=True) == prompt
+    bos = tok("x")["input_ids"][0] == tok.bos_token_id
+    assert bos == (fixture == "tiny_llama")  # one tokenizer adds BOS, the other does not
+
+
+def test_token_accuracy_hand_computed(tiny_gpt2):
+    _, tok = tiny_gpt2
+    model = NextTokenModel(len(tok))
+    enc = encode_pair(tok, "Paris is", " the capital")
+    ids = enc.input_ids
+    expected = sum(ids[p] == (ids[p - 1] + 1) % len(tok) for p in enc.target_positions) / len(enc.target_positions)
+    (score,) = score_targets(model, tok, ["Paris is"], [" the capital"])
+    assert score.acc == pytest.approx(expected)
+    assert score.predictions == tuple((ids[p - 1] + 1) % len(tok) for p in enc.target_positions)
+    # the target's first token is predicted from the prompt's last token, not from the target itself
+    assert enc.target_positions[0] == len(tok("Paris is", add_special_tokens=False)["input_ids"])
+
+
+def test_batched_equals_one_by_one(tiny_llama):
+    model, tok = tiny_llama
+    prompts = ["The name of the country is", "A", "What do you think of Moscow? I mean really, what?"]
+    targets = ["Syria", "very long answer with many tokens", "fine"]
+    one = [score_targets(model, tok, [p], [t])[0] for p, t in zip(prompts, targets)]
+    many = score_targets(model, tok, prompts, targets, batch_size=3)
+    for a, b in zip(one, many):
+        assert a.targets == b.targets and a.predictions == b.predictions
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_locality_agreement():
+    pre = TargetScore((1, 2, 3, 4), (1, 9, 3, 7), (0.0,) * 4)
+    post = TargetScore((1, 2, 3, 4), (1, 9, 5, 5), (0.0,) * 4)
+    assert locality_agreement(pre, post) == 0.5
+    assert locality_agreement(pre, pre) == 1.0
+    with pytest.raises(ValueError):
+        locality_agreement(pre, TargetScore((1,), (1,), (0.0,)))
+
+
+def test_ngram_entropy_hand_computed():
+    # words a b a b: bigrams ab, ba, ab -> H2 = H(2/3, 1/3); trigrams aba, bab -> H3 = 1 bit
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    assert ngram_entropy("a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)
+    assert ngram_entropy("a a a a a") == 0.0  # one repeated bigram and trigram
+    assert ngram_entropy("x") == 0.0
+    assert ngram_entropy("the cat sat on a mat .") > ngram_entropy("the the the the the the")
+
+
+def test_sentiment_success_hand_computed():
+    assert sentiment_success([-1.0, -2.0], [-1.5, -3.0]) == 0.75
+    assert sentiment_success([-1.0], [-1.0]) == 0.5
+    with pytest.raises(ValueError):
+        sentiment_success([], [-1.0])
+
+
+def test_bootstrap_ci():
+    assert bootstrap_ci([0.5] * 10) == (0.5, 0.5, 0.5)
+    mean, lo, hi = bootstrap_ci([0, 1] * 50, seed=1)
+    assert mean == 0.5 and lo < 0.5 < hi and hi - lo < 0.3
+    assert math.isnan(bootstrap_ci([])[0])
