@@ -37,8 +37,11 @@ METRIC_LABELS = {
     "port/acc": "Portability",
     "fluency/entropy": "Fluency",
     "sentiment/success": "Sentiment success",
-    "loc/gold_acc": "Locality-answer accuracy",
+    "loc/gold_acc": "Loc. answer acc.",
+    "sentiment/margin": "Sentiment margin",
 }
+# Metrics that are shares in [0, 1] (shown in percent); the others (entropy in bits, log-prob margin) are raw.
+FRACTION_METRICS = ("edit/acc", "gen/acc", "loc/acc", "port/acc", "sentiment/success", "loc/gold_acc")
 
 
 def build_requests(records: Sequence[EditRecord], *, instructions: bool, description: int | str | None = None,
@@ -181,9 +184,9 @@ def summarize(cases: Sequence[dict[str, Any]], by: Sequence[str] = ("task",), me
 
 
 def wide_table(summary: pd.DataFrame, index: str = "task", scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
-    """Paper-style table: rows = ``index``, columns = metric labels, cells ``mean ± half-CI`` in percent."""
+    """Paper-style table: rows = ``index``, columns = metric labels, cells ``mean ± half-CI`` (shares in percent)."""
     def cell(row) -> str:
-        s = scale if row["metric"] != "fluency/entropy" else 1.0
+        s = scale if row["metric"] in FRACTION_METRICS else 1.0
         half = (row["ci_high"] - row["ci_low"]) / 2 * s
         return f"{row['mean'] * s:.{digits}f} ± {half:.{digits}f}"
 

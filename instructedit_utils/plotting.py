@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .evaluation import METRIC_LABELS
+from .evaluation import FRACTION_METRICS, METRIC_LABELS
 from .instructions import EditRequest
 
 
@@ -35,11 +35,12 @@ def plot_token_lengths(lengths: pd.DataFrame, title: str = "Edit-prompt length")
 
 def plot_metric_bars(summary: pd.DataFrame, hue: str = "task", metrics: Sequence[str] | None = None,
                      title: str = "", scale: float = 100.0) -> plt.Figure:
-    """Bars of ``mean`` with 95% bootstrap CI whiskers, from :func:`instructedit_utils.evaluation.summarize`."""
+    """Bars of ``mean`` with 95% bootstrap CI whiskers, from :func:`instructedit_utils.evaluation.summarize`.
+
+    Only share-valued metrics (percent scale) are drawn unless ``metrics`` names others.
+    """
     sns.set_theme(style="whitegrid")
-    df = summary[summary["metric"] != "fluency/entropy"].copy()
-    if metrics is not None:
-        df = df[df["metric"].isin(metrics)]
+    df = summary[summary["metric"].isin(metrics or FRACTION_METRICS)].copy()
     df["label"] = df["metric"].map(lambda m: METRIC_LABELS.get(m, m))
     labels = list(dict.fromkeys(df["label"]))
     groups = list(dict.fromkeys(df[hue]))
@@ -52,7 +53,7 @@ def plot_metric_bars(summary: pd.DataFrame, hue: str = "task", metrics: Sequence
         means = part["mean"] * scale
         err = [(part["mean"] - part["ci_low"]) * scale, (part["ci_high"] - part["mean"]) * scale]
         ax.bar(xs, means, width=width, color=color, label=name, yerr=err, capsize=3)
-    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xticks(range(len(labels)), labels, rotation=15)
     ax.set(ylabel="score (%)", ylim=(0, 105), title=title)
     ax.legend(title=hue, fontsize="small")
     fig.tight_layout()

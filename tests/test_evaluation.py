@@ -59,7 +59,7 @@ def test_evaluate_unedited_resumes(tmp_path, tiny_gpt2, cf_records, convsent_rec
 
 
 def test_summarize_and_table_on_known_values():
-    cases = [{"case_id": str(i), "task": t, "edit/acc": v, "fluency/entropy": 5.0}
+    cases = [{"case_id": str(i), "task": t, "edit/acc": v, "fluency/entropy": 5.0, "sentiment/margin": 0.5}
              for i, (t, v) in enumerate([("a", 1.0), ("a", 0.0), ("b", 0.5), ("b", 0.5)])]
     summary = summarize(cases, n_boot=200)
     got = summary.set_index(["task", "metric"])["mean"].to_dict()
@@ -69,6 +69,20 @@ def test_summarize_and_table_on_known_values():
     table = wide_table(summary)
     assert table.loc["b", "Reliability"] == "50.0 ± 0.0"
     assert table.loc["a", "Fluency"] == "5.0 ± 0.0"
+    assert table.loc["a", "Sentiment margin"] == "0.5 ± 0.0"  # log-prob margin is not a share: not scaled
+
+
+def test_metric_bars_draw_only_share_metrics():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from instructedit_utils.plotting import plot_metric_bars
+
+    cases = [{"case_id": str(i), "task": t, "edit/acc": 0.5, "gen/acc": 0.25, "fluency/entropy": 5.0,
+              "sentiment/margin": 1.0} for i, t in enumerate("aabb")]
+    fig = plot_metric_bars(summarize(cases, n_boot=50))
+    heights = sorted(round(p.get_height(), 6) for p in fig.axes[0].patches)
+    assert heights == [25.0, 25.0, 50.0, 50.0]  # 2 tasks x (Reliability, Generalization), in percent
 
 
 def test_params_written(tmp_path):
