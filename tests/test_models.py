@@ -78,3 +78,15 @@ def test_embedded_smollm2_loads_and_roundtrips():
     assert tok.decode(tok(text)["input_ids"]) == text
     assert edit_parameter_names(model, MODEL_PRESETS["smollm2-135m"].edit_layers)[0] == "model.layers.27.mlp.up_proj.weight"
     assert getattr(model, "hf_quantizer", None) is None
+
+
+def test_local_folder_loads_like_a_hub_model(tmp_path, tiny_llama):
+    model, tok = tiny_llama
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again, tok2 = load_model(str(tmp_path))
+    assert tok2.pad_token == tok.pad_token and tok2.padding_side == "right"
+    ids = torch.tensor([tok("What do you think of tea?")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+    assert edit_parameter_names(again) == edit_parameter_names(model)  # no preset: last three blocks
