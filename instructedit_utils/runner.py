@@ -22,12 +22,12 @@ from typing import Any, Sequence
 
 import yaml
 
+from .config import PROFILES
 from .paths import PROJECT_ROOT
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 EXECUTED_DIR = PROJECT_ROOT / "book" / "executed"
 RUNS_DIR = PROJECT_ROOT / "runs"
-PROFILES = ("ci", "cpu", "gpu")
 
 
 def load_profile(name: str) -> dict[str, Any]:
@@ -103,10 +103,6 @@ def build_book(root: Path = PROJECT_ROOT, strict: bool = True) -> Path:
     return index
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
@@ -125,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "=" not in item:
             parser.error(f"--param expects NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        overrides[key] = _parse_value(value)
+        overrides[key] = yaml.safe_load(value)
     names = args.notebooks or [p.stem for p in notebooks()]
     if not args.no_execute:
         for name in names:

@@ -34,6 +34,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows)
+
+
 class RunFolder:
     """A folder of artifacts for one notebook run (``runs/<profile>/<notebook>``)."""
 
@@ -74,10 +78,19 @@ class RunFolder:
         return {row["case_id"] for row in self.read_cases(name)}
 
     def append_cases(self, name: str, cases: Iterable[dict[str, Any]]) -> None:
+        """Append cases as JSON lines. A torn last line (a kill mid-write leaves no final newline) is cut first."""
         path = self.cases_path(name)
-        rows = self.read_cases(name)  # rewrite without a torn tail before appending
-        lines = [json.dumps(_clean(r), ensure_ascii=False) for r in rows + list(cases)]
-        _atomic_write_text(path, "".join(line + "\n" for line in lines))
+        if path.exists() and path.stat().st_size:
+            with path.open("rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                torn = fh.read(1) != b"\n"
+            if torn:
+                rows = self.read_cases(name)
+                _atomic_write_text(path, _jsonl(rows))
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(_jsonl(cases))
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def write_table(self, name: str, table: pd.DataFrame) -> Path:
         path = self.path / f"{name}.csv"
