@@ -60,10 +60,14 @@ class ExperimentConfig:
     fluency_max_new_tokens: int = 40  # 0 disables generation (and Fluency)
     sentiment_responses: int = 4  # responses per sentiment scored for ConvSent success
     length_sample_per_task: int | None = 300  # records per task for token-length statistics
+    live_edits: int = 3  # example edits shown before/after in the training chapter
+    method: "MethodConfig | None" = None  # the editor and its training (notebooks that train/use editors)
 
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
+        if isinstance(self.method, dict):
+            self.method = MethodConfig.from_dict(self.method)
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         self.tasks = tuple(self.tasks)
@@ -83,13 +87,30 @@ class ExperimentConfig:
     def from_parameters(cls, *, model_name: str = "smollm2-135m", device: str = "cpu", dtype: str = "float32",
                         num_threads: int | None = 1, edit_layers=None, **fields) -> "ExperimentConfig":
         """Build from a notebook's flat ``parameters`` cell: ``model_name``/``device``/``dtype``/``num_threads``/
-        ``edit_layers`` go to :class:`ModelConfig`, the rest to this class (unknown names are an error)."""
-        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        ``edit_layers`` go to :class:`ModelConfig`; names of :class:`MethodConfig` fields (and ``train_tasks`` for
+        its ``tasks``) go to a :class:`MethodConfig` seeded with ``seed``; the rest to this class. Unknown names are
+        an error."""
+        own = {f.name for f in dataclasses.fields(cls)}
+        method_names = {f.name for f in dataclasses.fields(MethodConfig)} - own - {"name"}
+        method_fields = {k: fields.pop(k) for k in list(fields) if k in method_names}
+        if "train_tasks" in fields:
+            method_fields["tasks"] = fields.pop("train_tasks")
+        unknown = set(fields) - own
         if unknown:
             raise TypeError(f"Unknown experiment parameter(s): {sorted(unknown)}")
         model = ModelConfig(name=model_name, device=device, dtype=dtype, num_threads=num_threads,
                             edit_layers=edit_layers)
+        if method_fields:
+            fields["method"] = MethodConfig(seed=fields.get("seed", 0), **method_fields)
         return cls(model=model, **fields)
+
+    def editor_configs(self) -> dict[str, "MethodConfig"]:
+        """The two multi-task editors of the paper from :attr:`method`: ``instructedit`` (instructions on) and
+        ``mend`` (instructions off), identical otherwise."""
+        if self.method is None:
+            raise ValueError("This experiment has no method config (no editor parameters were given)")
+        return {name: dataclasses.replace(self.method, name=name, use_instructions=on)
+                for name, on in (("instructedit", True), ("mend", False))}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,3 +120,102 @@ class ExperimentConfig:
         return dict(batch_size=self.batch_size, max_rephrases=self.max_rephrases, max_probes=self.max_probes,
                     max_aliases=self.max_aliases, sentiment_responses=self.sentiment_responses,
                     fluency_max_new_tokens=self.fluency_max_new_tokens)
+
+
+METHODS = ("mend",)  # trainable editors; baselines register in instructedit_utils.baselines (issue 4)
+
+
+@dataclass
+class MethodConfig:
+    """The editor (MEND gradient transform) and how it is trained. Names follow MEND's hparams where they exist.
+
+    ``use_instructions`` is the only difference between an **InstructEdit** editor (on) and a multi-task **MEND**
+    editor (off); ``tasks`` with one entry gives a single-task editor.
+    """
+
+    name: str = "instructedit"  # the editor's folder name in the run folder
+    method: str = "mend"
+    use_instructions: bool = True
+    tasks: tuple[str, ...] = ("counterfact", "recent", "convsent")
+    task_weights: dict[str, float] | None = None  # sampling weight per task (None: uniform over tasks)
+    # --- editor network ---
+    rank: int = 1920  # hidden size of each low-rank residual block (paper/EasyEdit: 1920)
+    n_blocks: int = 1  # residual blocks per network
+    combine: bool = True  # one network over [u; δ] (MEND's default) — kept for clarity, must be True
+    normalize: bool = True  # running mean/std normalisation of u and δ per edited matrix
+    skip_first_token: bool = True  # drop position 0 (attention-sink activations ~100x the rest)
+    edit_lr: float = 1e-4  # initial learned step size per edited matrix
+    norm_warmup: int = 20  # training edits whose u/δ fill the normalisation statistics before step 1
+    # --- training ---
+    lr: float = 1e-4  # Adam learning rate of the editor network
+    lr_lr: float = 1e-4  # Adam learning rate of the step sizes
+    c_edit: float = 0.1
+    c_loc: float = 1.0
+    steps: int = 1000  # optimizer steps
+    grad_accumulation: int = 1  # edits per optimizer step
+    grad_clip: float = 100.0
+    val_every: int = 200  # steps between validations (and checkpoints)
+    val_records_per_task: int = 20
+    early_stop_metric: str = "val/score"
+    early_stop_mode: str = "max"
+    patience: int = 5  # validations without improvement before stopping (0: never stop early)
+    loc_probes: int = 1  # locality sequences per edit in the loss
+    sentiment_responses: int = 2  # ConvSent: responses per sentiment in the likelihood/unlikelihood loss
+    max_target_tokens: int = 24  # ConvSent responses are cut to this many tokens in the training loss
+    max_nonfinite: int = 10  # consecutive non-finite steps tolerated before training aborts
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"MethodConfig.method must be one of {METHODS}, got {self.method!r}")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"MethodConfig.name must be a plain folder name, got {self.name!r}")
+        self.tasks = tuple(self.tasks)
+        if not self.tasks:
+            raise ValueError("MethodConfig.tasks is empty")
+        for task in self.tasks:
+            task_spec(task)
+            if "train" not in task_spec(task).splits or "val" not in task_spec(task).splits:
+                raise ValueError(f"Task {task!r} has no train/val split to train an editor on")
+        if self.task_weights is not None:
+            self.task_weights = {k: float(v) for k, v in self.task_weights.items()}
+            extra = set(self.task_weights) - set(self.tasks)
+            if extra:
+                raise ValueError(f"task_weights names tasks not trained on: {sorted(extra)}")
+            if any(w < 0 for w in self.task_weights.values()) or sum(self.weights().values()) <= 0:
+                raise ValueError("task_weights must be >= 0 and not all zero")
+        if not self.combine:
+            raise ValueError("Only the combined [u; δ] network (combine=True) is implemented")
+        for name in ("rank", "n_blocks", "steps", "grad_accumulation", "val_every", "val_records_per_task",
+                     "loc_probes", "sentiment_responses", "max_nonfinite", "log_every", "max_target_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MethodConfig.{name} must be >= 1")
+        for name in ("lr", "lr_lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MethodConfig.{name} must be > 0")
+        if self.c_edit < 0 or self.c_loc < 0 or self.c_edit + self.c_loc == 0:
+            raise ValueError("c_edit and c_loc must be >= 0 and not both 0")
+        if self.early_stop_mode not in ("max", "min"):
+            raise ValueError("early_stop_mode must be 'max' or 'min'")
+        if self.norm_warmup < 0 or (self.normalize and self.norm_warmup == 0):
+            raise ValueError("norm_warmup must be >= 1 when normalize is on (statistics must exist before use)")
+        if self.patience < 0:
+            raise ValueError("patience must be >= 0")
+
+    def weights(self) -> dict[str, float]:
+        """Sampling weight per task (uniform when ``task_weights`` is None; missing tasks get 0)."""
+        if self.task_weights is None:
+            return {t: 1.0 for t in self.tasks}
+        return {t: self.task_weights.get(t, 0.0) for t in self.tasks}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "MethodConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise TypeError(f"Unknown method parameter(s): {sorted(unknown)}")
+        return cls(**raw)

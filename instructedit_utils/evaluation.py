@@ -44,6 +44,18 @@ METRIC_LABELS = {
 FRACTION_METRICS = ("edit/acc", "gen/acc", "loc/acc", "port/acc", "sentiment/success", "loc/gold_acc")
 
 
+def metric_label(metric: str) -> str:
+    """Display name; ``base/<metric>`` (the unedited model's value in an edit run) becomes ``Base <label>``."""
+    if metric.startswith("base/"):
+        return "Base " + METRIC_LABELS.get(metric[5:], metric[5:])
+    return METRIC_LABELS.get(metric, metric)
+
+
+def is_fraction(metric: str) -> bool:
+    """Whether a metric is a share in [0, 1] (shown in percent)."""
+    return (metric[5:] if metric.startswith("base/") else metric) in FRACTION_METRICS
+
+
 def build_requests(records: Sequence[EditRecord], *, instructions: bool, description: int | str | None = None,
                    seed: int = 0, instruct_locality: bool = False, pool=None) -> list[EditRequest]:
     """Edit requests for records; with ``description=None`` each record draws a seen description (seeded)."""
@@ -186,13 +198,13 @@ def summarize(cases: Sequence[dict[str, Any]], by: Sequence[str] = ("task",), me
 def wide_table(summary: pd.DataFrame, index: str = "task", scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
     """Paper-style table: rows = ``index``, columns = metric labels, cells ``mean ± half-CI`` (shares in percent)."""
     def cell(row) -> str:
-        s = scale if row["metric"] in FRACTION_METRICS else 1.0
+        s = scale if is_fraction(row["metric"]) else 1.0
         half = (row["ci_high"] - row["ci_low"]) / 2 * s
         return f"{row['mean'] * s:.{digits}f} ± {half:.{digits}f}"
 
     tab = summary.assign(cell=summary.apply(cell, axis=1),
-                         label=summary["metric"].map(lambda m: METRIC_LABELS.get(m, m)))
-    order = [METRIC_LABELS.get(m, m) for m in dict.fromkeys(summary["metric"])]
+                         label=summary["metric"].map(metric_label))
+    order = [metric_label(m) for m in dict.fromkeys(summary["metric"])]
     return tab.pivot(index=index, columns="label", values="cell").reindex(columns=order).fillna("—")
 
 

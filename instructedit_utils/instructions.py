@@ -119,6 +119,13 @@ class EditRequest:
         return self.record.record_id
 
     @property
+    def header(self) -> str:
+        """The instruction text before the record's own prompt (empty with instructions off)."""
+        if self.description is None or not self.prompt.endswith(self.record.prompt):
+            return ""
+        return self.prompt[:len(self.prompt) - len(self.record.prompt)]
+
+    @property
     def task(self) -> str:
         return self.record.task
 

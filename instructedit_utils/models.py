@@ -44,15 +44,19 @@ class ArchSpec:
     layers_path: str
     mlp_weights: tuple[str, ...]
     conv1d: bool = False
+    final_norm: str = "model.norm"  # the norm after the last block (before the LM head)
+    uniform_blocks: bool = True  # every block gets the same mask/position arguments (split forward possible)
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": ArchSpec("model.layers", ("mlp.up_proj.weight", "mlp.down_proj.weight")),
     "mistral": ArchSpec("model.layers", ("mlp.up_proj.weight", "mlp.down_proj.weight")),
     "qwen2": ArchSpec("model.layers", ("mlp.up_proj.weight", "mlp.down_proj.weight")),
-    "gemma3_text": ArchSpec("model.layers", ("mlp.up_proj.weight", "mlp.down_proj.weight")),
-    "gpt2": ArchSpec("transformer.h", ("mlp.c_fc.weight", "mlp.c_proj.weight"), conv1d=True),
-    "gptj": ArchSpec("transformer.h", ("mlp.fc_in.weight", "mlp.fc_out.weight")),
+    # Gemma-3 alternates sliding-window and global attention: blocks get different masks, so no split forward.
+    "gemma3_text": ArchSpec("model.layers", ("mlp.up_proj.weight", "mlp.down_proj.weight"), uniform_blocks=False),
+    "gpt2": ArchSpec("transformer.h", ("mlp.c_fc.weight", "mlp.c_proj.weight"), conv1d=True,
+                     final_norm="transformer.ln_f"),
+    "gptj": ArchSpec("transformer.h", ("mlp.fc_in.weight", "mlp.fc_out.weight"), final_norm="transformer.ln_f"),
 }
 
 

@@ -103,3 +103,13 @@ def test_config_validation(bad, tmp_path):
 
     with pytest.raises((ValueError, TypeError)):
         ExperimentConfig.from_parameters(run_dir=str(tmp_path), **bad)
+
+
+def test_base_metrics_are_labelled_and_scaled():
+    from instructedit_utils.evaluation import is_fraction, metric_label, summarize, wide_table
+
+    assert metric_label("base/edit/acc") == "Base Reliability" and is_fraction("base/edit/acc")
+    assert not is_fraction("base/fluency/entropy")
+    cases = [{"task": "t", "edit/acc": 1.0, "base/edit/acc": 0.5}, {"task": "t", "edit/acc": 1.0, "base/edit/acc": 0.5}]
+    tab = wide_table(summarize(cases, n_boot=10))
+    assert tab.loc["t", "Base Reliability"] == "50.0 ± 0.0" and tab.loc["t", "Reliability"] == "100.0 ± 0.0"

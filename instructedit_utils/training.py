@@ -1,0 +1,657 @@
+"""Multi-task training of a MEND editor — InstructEdit (instructions on) or multi-task MEND (instructions off).
+
+One step (per edit; ``grad_accumulation`` edits per optimizer step):
+
+1. draw a task (``task_weights``), the next record of that task's shuffled training split and, with instructions on,
+   a fresh *seen* description; build the edit request;
+2. capture ``u``/``δ`` of the edit loss on the edit prompt and let the editor turn them into weight deltas;
+3. after the edit (``torch.func.functional_call``, differentiable in the deltas) compute
+   ``L = c_edit · L_edit + c_loc · KL(pre ‖ post)``: ``L_edit`` is the target's NLL on a **rephrase** (the prompt
+   when the record has none); for ConvSent it is the NLL of target-sentiment responses plus the unlikelihood
+   ``-log(1 - p)`` of opposite-sentiment responses; the KL runs over every token of the record's locality sequence;
+4. Adam on the network (``lr``) and on the step sizes (``lr_lr``), gradient clipping, a guard against non-finite
+   losses/gradients (the step is skipped and logged; ``max_nonfinite`` in a row abort training).
+
+Every randomness of step ``s`` comes from a generator seeded with ``(seed, s)`` plus per-task cursors saved in the
+training state, so a run killed and resumed from its last checkpoint ends with the same editor as an uninterrupted
+one. Validation runs every ``val_every`` steps on the tasks' *validation* splits (never the training tail): each
+record is edited, scored (Reliability, Generalization, Locality against the unedited model) and restored;
+``val/score`` is the mean over tasks of the mean of those three. The best editor by ``early_stop_metric`` is what
+lands in the editor folder.
+
+Folder of one editor (``<run>/<name>/``): ``editor.safetensors`` + ``editor.json`` (best editor, small),
+``last/`` (latest editor + ``train_state.pt`` with the optimizer: resumable), ``train_log.jsonl`` and
+``val_log.jsonl`` (slash-keyed metrics), ``done.json`` (why and when training stopped).
+
+Multi-GPU: the same code runs under ``accelerate launch``; each process draws its own edits (seeded with its
+process index), gradients and normalisation statistics are averaged across processes, the main process writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .config import MethodConfig
+from .data import EditRecord, load_task, sample
+from .editor import EDITOR_META, MendEditor, _atomic_json, applied
+from .evaluation import build_requests, score_requests
+from .instructions import EditRequest, make_edit_request
+from .metrics import Encoded, encode_pair
+
+STATE_FILE = "train_state.pt"
+DONE_FILE = "done.json"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Examples
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainExample:
+    """Encoded sequences of one training edit."""
+
+    case_id: str
+    task: str
+    header: tuple[int, ...]  # token ids of the instruction header (empty without instructions)
+    edit: Encoded  # edit prompt + target (the inner, editing loss)
+    likely: list[Encoded]  # sequences whose target tokens should become likely after the edit
+    unlikely: list[Encoded]  # ConvSent: opposite-sentiment responses that should become unlikely
+    loc: list[Encoded]  # locality sequences (KL on all their tokens)
+
+
+def make_example(request: EditRequest, tokenizer, rng: random.Random, config: MethodConfig) -> TrainExample:
+    """Turn an edit request into a :class:`TrainExample` (random rephrase, responses and locality probes)."""
+    rec = request.record
+    outer_prompt = rng.choice(request.rephrases) if request.rephrases else request.prompt
+    if rec.task == "convsent":
+        k = config.sentiment_responses
+        likely = [_cut(encode_pair(tokenizer, outer_prompt, r), config.max_target_tokens)
+                  for r in rng.sample(rec.target_responses, min(k, len(rec.target_responses)))]
+        unlikely = [_cut(encode_pair(tokenizer, outer_prompt, r), config.max_target_tokens)
+                    for r in rng.sample(rec.opposite_responses, min(k, len(rec.opposite_responses)))]
+    else:
+        likely = [encode_pair(tokenizer, outer_prompt, request.target)]
+        unlikely = []
+    if not request.locality:
+        raise ValueError(f"{rec.record_id}: no locality probe to train on")
+    probes = rng.sample(request.locality, min(config.loc_probes, len(request.locality)))
+    loc = [encode_pair(tokenizer, p.prompt, p.answers[0]) for p in probes]
+    header = tuple(tokenizer(request.header)["input_ids"]) if request.header else ()
+    return TrainExample(request.case_id, rec.task, header, encode_pair(tokenizer, request.prompt, request.target),
+                        likely, unlikely, loc)
+
+
+def _cut(enc: Encoded, max_target_tokens: int) -> Encoded:
+    """Keep only the first ``max_target_tokens`` target tokens (long ConvSent responses)."""
+    keep = enc.target_positions[:max_target_tokens]
+    return Encoded(enc.input_ids[:keep[-1] + 1], keep)
+
+
+class TaskSampler:
+    """Draws (task, record) pairs: task by weight, records of a task in a fresh seeded permutation per epoch.
+
+    Its state (per-task epoch and position) is saved with the training state.
+    """
+
+    def __init__(self, records: dict[str, list[EditRecord]], weights: dict[str, float], seed: int):
+        self.records = records
+        self.tasks = [t for t in records if weights.get(t, 0) > 0]
+        self.weights = [weights[t] for t in self.tasks]
+        self.seed = seed
+        self.cursor = {t: [0, 0] for t in records}  # task -> [epoch, position]
+
+    def _order(self, task: str, epoch: int) -> list[int]:
+        order = list(range(len(self.records[task])))
+        random.Random(f"{self.seed}/{task}/{epoch}").shuffle(order)
+        return order
+
+    def draw(self, rng: random.Random) -> EditRecord:
+        task = rng.choices(self.tasks, weights=self.weights)[0]
+        epoch, pos = self.cursor[task]
+        record = self.records[task][self._order(task, epoch)[pos]]
+        pos += 1
+        if pos == len(self.records[task]):
+            epoch, pos = epoch + 1, 0
+        self.cursor[task] = [epoch, pos]
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cursor": {t: list(c) for t, c in self.cursor.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cursor = {t: list(c) for t, c in state["cursor"].items()}
+
+
+def _targets(seqs: Sequence[Encoded], first_row: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, positions) of the target tokens of ``seqs`` placed at batch rows ``first_row…``."""
+    rows = [first_row + i for i, s in enumerate(seqs) for _ in s.target_positions]
+    pos = [p for s in seqs for p in s.target_positions]
+    return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(pos, dtype=torch.long, device=device)
+
+
+def _all_positions(seqs: Sequence[Encoded], first_row: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [first_row + i for i, s in enumerate(seqs) for _ in s.input_ids]
+    pos = [p for s in seqs for p in range(len(s.input_ids))]
+    return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(pos, dtype=torch.long, device=device)
+
+
+def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of ``targets`` [N] under ``logits`` [N, V]."""
+    return -logits.float().log_softmax(-1).gather(-1, targets[:, None]).mean()
+
+
+def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean ``-log(1 - p(target))`` (pushes the target tokens down)."""
+    p = logits.float().log_softmax(-1).gather(-1, targets[:, None])[:, 0].exp()
+    return -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
+
+
+def kl_pre_post(pre_logits: torch.Tensor, post_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of ``KL(softmax(pre) ‖ softmax(post))``; logits are ``[N, V]``."""
+    pre = pre_logits.float().log_softmax(-1)
+    post = post_logits.float().log_softmax(-1)
+    return (pre.exp() * (pre - post)).sum(-1).mean()
+
+
+def _cosine(a, b) -> float:
+    """Cosine between the matrices ``a.delta.T @ a.u`` and ``b.delta.T @ b.u`` without forming them."""
+    dot = ((a.delta @ b.delta.T) * (a.u @ b.u.T)).sum()
+    na = ((a.delta @ a.delta.T) * (a.u @ a.u.T)).sum().clamp_min(0).sqrt()
+    nb = ((b.delta @ b.delta.T) * (b.u @ b.u.T)).sum().clamp_min(0).sqrt()
+    return float(dot / (na * nb).clamp_min(1e-30))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One training edit
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def edit_step(editor: MendEditor, model, example: TrainExample, config: MethodConfig, pad_id: int
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one training edit (differentiable w.r.t. the editor) and its metrics.
+
+    All sequences of the example go into one batch: lower blocks once per sequence (instruction header cached),
+    the upper blocks twice — unedited (edit loss → factors; pre-edit locality logits) and edited (low-rank hooks).
+    """
+    runner = editor.runner(model)
+    n_l, n_u, n_c = len(example.likely), len(example.unlikely), len(example.loc)
+    instructed = [example.edit] + example.likely + example.unlikely
+    seqs = instructed + example.loc
+    lowers = runner.lower([s.input_ids for s in seqs], example.header, header_rows=len(instructed))
+    # unedited pass: edit sequence + locality; edited pass: rephrase/responses + locality
+    inner = runner.batch([s.input_ids for s in [example.edit] + example.loc], [lowers[0]] + lowers[-n_c:], pad_id)
+    outer_seqs = example.likely + example.unlikely + example.loc
+    outer = runner.batch([s.input_ids for s in outer_seqs], lowers[1:], pad_id)
+    dev = inner.attention_mask.device
+    er, ep = _targets([example.edit], 0, dev)
+    cr, cp = _all_positions(example.loc, 1, dev)
+    factors, pre_loss, pre_loc = editor.inner_pass(model, runner, inner, er, ep, cr, cp)
+    transformed = editor.transform_all(factors)
+    ids = runner.token_ids(outer)
+    lr_, lp = _targets(example.likely, 0, dev)
+    ur, up = _targets(example.unlikely, n_l, dev)
+    cr, cp = _all_positions(example.loc, n_l + n_u, dev)
+    with editor.low_rank_edit(model, transformed):
+        post = runner.upper(outer, torch.cat([lr_, ur, cr]), torch.cat([lp - 1, up - 1, cp]))
+    nl, nu = len(lr_), len(ur)
+    post_l, post_u, post_loc = post[:nl], post[nl:nl + nu], post[nl + nu:]
+    l_edit = nll(post_l, ids[lr_, lp])
+    if nu:
+        l_edit = l_edit + unlikelihood(post_u, ids[ur, up])
+    l_loc = kl_pre_post(pre_loc, post_loc)
+    loss = config.c_edit * l_edit + config.c_loc * l_loc
+
+    with torch.no_grad():
+        acc = (post_l.argmax(-1) == ids[lr_, lp]).float().mean()
+        loc_acc = (pre_loc.argmax(-1) == post_loc.argmax(-1)).float().mean()
+        cos = [_cosine(transformed[n], factors[n]) for n in factors]
+    metrics = {"loss/edit": l_edit.item(), "loss/loc": l_loc.item(), "loss/total": loss.item(),
+               "loss/pre_edit": pre_loss.item(), "edit/acc": acc.item(), "loc/acc": loc_acc.item(),
+               "grad/cos": float(np.mean(cos)), "edit/rows": float(np.mean([len(f.u) for f in factors.values()]))}
+    return loss, metrics
+
+
+@torch.no_grad()
+def warm_up_normalization(editor: MendEditor, model, tokenizer, records: dict[str, list[EditRecord]],
+                          config: MethodConfig, pad_id: int) -> None:
+    """Fill the running statistics from ``norm_warmup`` training edits (drawn without touching the sampler)."""
+    device = next(model.parameters()).device
+    tasks = [t for t, w in config.weights().items() if w > 0]
+    for i in range(config.norm_warmup):
+        rng = random.Random(f"{config.seed}/warmup/{i}")
+        task = tasks[i % len(tasks)]
+        record = rng.choice(records[task])
+        request = make_edit_request(record, instructions=config.use_instructions, rng=rng)
+        example = make_example(request, tokenizer, rng, config)
+        runner = editor.runner(model)
+        batch = runner.batch([example.edit.input_ids], runner.lower([example.edit.input_ids], example.header),
+                             pad_id)
+        er, ep = _targets([example.edit], 0, batch.attention_mask.device)
+        factors, _, _ = editor.inner_pass(model, runner, batch, er, ep)
+        for t in editor.targets:
+            f = factors[t.name]
+            editor.norms[t.name.replace(".", "__")].update(torch.cat([f.u, f.delta], -1))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def edit_and_score(editor: MendEditor, model, tokenizer, requests: Sequence[EditRequest], reference: dict,
+                   **score_kwargs) -> list[dict[str, Any]]:
+    """Apply each request's edit alone, score it (metrics of :func:`~instructedit_utils.evaluation.score_requests`,
+    ``loc/acc`` against ``reference``), restore the model. The editor runs in eval mode (statistics frozen)."""
+    was_training = editor.training
+    editor.eval()
+    cases = []
+    try:
+        for req in requests:
+            result = editor.edit(model, tokenizer, req.prompt, req.target, header=req.header)
+            with applied(model, result.deltas):
+                case, _ = score_requests(model, tokenizer, [req], reference=reference, **score_kwargs)
+            cases.append({**case[0], "loss/pre_edit": result.loss})
+    finally:
+        editor.train(was_training)
+    return cases
+
+
+def validation_metrics(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """``val/<task>/<metric>``, task-averaged ``val/<metric>`` and ``val/score`` (mean over tasks of the mean of
+    Reliability, Generalization (when the task has rephrases) and Locality)."""
+    by_task: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for c in cases:
+        for k in ("edit/acc", "gen/acc", "loc/acc"):
+            if c.get(k) is not None:
+                by_task[c["task"]][k].append(c[k])
+    out: dict[str, float] = {}
+    scores = []
+    for task, ms in by_task.items():
+        means = {k: float(np.mean(v)) for k, v in ms.items()}
+        out.update({f"val/{task}/{k}": v for k, v in means.items()})
+        scores.append(float(np.mean(list(means.values()))))
+    for k in ("edit/acc", "gen/acc", "loc/acc"):
+        vals = [out[f"val/{t}/{k}"] for t in by_task if f"val/{t}/{k}" in out]
+        if vals:
+            out[f"val/{k}"] = float(np.mean(vals))
+    out["val/score"] = float(np.mean(scores)) if scores else float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    editor: MendEditor
+    directory: Path
+    summary: dict[str, Any]
+
+    def train_log(self):
+        return read_log(self.directory / "train_log.jsonl")
+
+    def val_log(self):
+        return read_log(self.directory / "val_log.jsonl")
+
+
+def read_log(path: str | os.PathLike):
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame()
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # torn last line of a killed run
+    return pd.DataFrame(rows)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if row.get("step", 0) <= step:
+            keep.append(line + "\n")
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as fh:
+        fh.writelines(keep)
+    os.replace(fh.name, path)
+
+
+def _append_log(path: Path, row: dict[str, Any]) -> None:
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(clean) + "\n")
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
+        tmp = fh.name
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def is_trained(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a finished training run (``done.json`` and the best editor)."""
+    d = Path(directory)
+    return (d / DONE_FILE).is_file() and (d / EDITOR_META).is_file()
+
+
+def validation_requests(config: MethodConfig, data_dir=None) -> list[EditRequest]:
+    """The fixed validation edits: ``val_records_per_task`` records of each task's val split, seeded descriptions."""
+    out = []
+    for task in config.tasks:
+        recs = sample(load_task(task, "val", data_dir), config.val_records_per_task, config.seed)
+        out += build_requests(recs, instructions=config.use_instructions, seed=config.seed)
+    return out
+
+
+def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.PathLike, *,
+                 edit_layers: Sequence[int] | None = None, data_dir=None, accelerator=None,
+                 progress: bool = True, stop_after: int | None = None, log: Callable[[str], None] | None = print,
+                 train_records: dict[str, list[EditRecord]] | None = None,
+                 val_requests: Sequence[EditRequest] | None = None, score_kwargs: dict | None = None) -> TrainResult:
+    """Train (or resume, or just load a finished) editor into ``directory``; returns the best editor.
+
+    ``stop_after`` ends the call after that many steps *without* checkpointing them, as a kill would (tests).
+    ``train_records``/``val_requests`` replace the task data (tests, custom data).
+    """
+    from tqdm.auto import tqdm
+
+    directory = Path(directory)
+    log = log or (lambda msg: None)
+    device = next(model.parameters()).device
+    if is_trained(directory):
+        editor = MendEditor.load(directory, model, device=device)
+        if editor.config.to_dict() != config.to_dict():
+            raise ValueError(f"{directory} holds an editor trained with a different config; use another run folder "
+                             f"or delete it (saved: {editor.config.to_dict()}, requested: {config.to_dict()})")
+        summary = json.loads((directory / DONE_FILE).read_text())
+        log(f"[{config.name}] already trained ({summary['stop_reason']} at step {summary['step']}); loaded")
+        return TrainResult(editor, directory, summary)
+
+    if accelerator is None:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=device.type == "cpu")
+    main = accelerator.is_main_process
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    if not main:
+        log = lambda msg: None  # noqa: E731 - one voice per run
+    directory.mkdir(parents=True, exist_ok=True)
+    last = directory / "last"
+    pad_id = tokenizer.pad_token_id
+    score_kwargs = {"max_rephrases": 3, "max_probes": 3, "max_aliases": 1, "sentiment_responses": 2,
+                    "fluency_max_new_tokens": 0, **(score_kwargs or {})}
+
+    model.requires_grad_(False)
+    if (last / STATE_FILE).is_file():
+        editor = MendEditor.load(last, model, device=device)
+        if editor.config.to_dict() != config.to_dict():
+            raise ValueError(f"{last} was trained with a different config; use a new folder or delete it")
+    else:
+        torch.manual_seed(config.seed)
+        editor = MendEditor.for_model(model, config, edit_layers).to(device)
+    editor.train()
+    optimizer = torch.optim.Adam([{"params": editor.network_parameters(), "lr": config.lr},
+                                  {"params": editor.step_size_parameters(), "lr": config.lr_lr}],
+                                 fused=device.type in ("cpu", "cuda"))
+    records = train_records or {t: load_task(t, "train", data_dir) for t in config.tasks}
+    sampler = TaskSampler(records, config.weights(), config.seed)
+    val_reqs = list(val_requests) if val_requests is not None else validation_requests(config, data_dir)
+    state = {"step": 0, "best": None, "best_step": None, "bad_rounds": 0, "nonfinite": 0, "skipped": 0,
+             "elapsed_s": 0.0}
+    if (last / STATE_FILE).is_file():
+        saved = torch.load(last / STATE_FILE, map_location=device, weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        sampler.load_state_dict(saved["sampler"])
+        state.update(saved["state"])
+        log(f"[{config.name}] resuming from step {state['step']}")
+    for name in ("train_log.jsonl", "val_log.jsonl"):
+        if main:
+            _truncate_log(directory / name, state["step"])
+
+    with torch.no_grad():
+        _, reference = score_requests(model, tokenizer, val_reqs, batch_size=16,
+                                      **{k: v for k, v in score_kwargs.items() if k != "fluency_max_new_tokens"})
+
+    def checkpoint() -> None:
+        if main:
+            editor.save(last, {"step": state["step"]})
+            _save_state(last / STATE_FILE, {"optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
+                                            "state": dict(state)})
+
+    def validate() -> bool:
+        """Run validation, keep the best editor; return True when early stopping says stop."""
+        t0 = time.perf_counter()
+        cases = edit_and_score(editor, model, tokenizer, val_reqs, reference, **score_kwargs)
+        metrics = validation_metrics(cases)
+        value = metrics.get(config.early_stop_metric)
+        if value is None:
+            raise KeyError(f"early_stop_metric {config.early_stop_metric!r} is not a validation metric; "
+                           f"have {sorted(metrics)}")
+        better = state["best"] is None or (value > state["best"] if config.early_stop_mode == "max"
+                                           else value < state["best"])
+        if better:
+            state.update(best=value, best_step=state["step"], bad_rounds=0)
+            if main:
+                editor.save(directory, {"step": state["step"], config.early_stop_metric: value})
+        else:
+            state["bad_rounds"] += 1
+        row = {"step": state["step"], **metrics, "val/best": state["best"], "time/val_s": time.perf_counter() - t0}
+        if main:
+            _append_log(directory / "val_log.jsonl", row)
+        log(f"[{config.name}] step {state['step']}: " + ", ".join(
+            f"{k[4:]}={metrics[k]:.3f}" for k in ("val/edit/acc", "val/gen/acc", "val/loc/acc", "val/score")
+            if k in metrics) + (" (best)" if better else f" (no gain {state['bad_rounds']}/{config.patience})"))
+        return config.patience > 0 and state["bad_rounds"] >= config.patience
+
+    if state["step"] == 0 and state["best"] is None:
+        if config.normalize:
+            warm_up_normalization(editor, model, tokenizer, records, config, pad_id)
+        validate()  # the untrained editor: the starting point of the curves
+        checkpoint()
+
+    stop_reason = "steps"
+    bar = tqdm(total=config.steps, initial=state["step"], disable=not (progress and main), desc=config.name)
+    window: dict[str, list[float]] = defaultdict(list)
+    done_now = 0
+    while state["step"] < config.steps:
+        if stop_after is not None and done_now >= stop_after:
+            bar.close()
+            return TrainResult(editor, directory, {"stop_reason": "interrupted", **state})
+        t0 = time.perf_counter()
+        step = state["step"] + 1
+        optimizer.zero_grad(set_to_none=True)
+        step_metrics: dict[str, list[float]] = defaultdict(list)
+        finite = True
+        for micro in range(config.grad_accumulation):
+            rng = random.Random(f"{config.seed}/{step}/{micro}/{rank}")
+            record = sampler.draw(rng)
+            request = make_edit_request(record, instructions=config.use_instructions, rng=rng)
+            example = make_example(request, tokenizer, rng, config)
+            loss, metrics = edit_step(editor, model, example, config, pad_id)
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            (loss / config.grad_accumulation).backward()
+            for k, v in metrics.items():
+                step_metrics[k].append(v)
+                if k in ("edit/acc", "loc/acc"):
+                    step_metrics[f"{example.task}/{k}"].append(v)
+        params = [p for p in editor.parameters() if p.grad is not None]
+        if n_proc > 1:
+            for p in params:
+                p.grad = accelerator.reduce(p.grad, reduction="mean")
+            for buf_name, buf in editor.named_buffers():
+                buf.copy_(accelerator.reduce(buf, reduction="mean"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if params else torch.tensor(0.0)
+        finite = finite and bool(torch.isfinite(grad_norm))
+        if finite:
+            optimizer.step()
+            state["nonfinite"] = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            state["nonfinite"] += 1
+            state["skipped"] += 1
+            log(f"[{config.name}] step {step}: non-finite loss or gradient, update skipped "
+                f"({state['nonfinite']} in a row, {state['skipped']} in total)")
+            if state["nonfinite"] >= config.max_nonfinite:
+                raise FloatingPointError(f"{config.name}: {state['nonfinite']} non-finite steps in a row at step "
+                                         f"{step}; lower lr/edit_lr or check the data")
+        state["step"] = step
+        dt = time.perf_counter() - t0
+        state["elapsed_s"] += dt
+        done_now += 1
+        bar.update(1)
+        for k, v in step_metrics.items():
+            window[k] += v
+        window["grad/norm"].append(float(grad_norm))
+        window["time/step_s"].append(dt)
+        if step % config.log_every == 0 or step == config.steps:
+            row = {"step": step, **{k: float(np.mean(v)) for k, v in window.items()},
+                   "lr/edit_mean": float(torch.stack(editor.step_size_parameters()).detach().mean()),
+                   "guard/skipped": state["skipped"]}
+            if main:
+                _append_log(directory / "train_log.jsonl", row)
+            bar.set_postfix(loss=f"{row['loss/total']:.3f}" if "loss/total" in row else "nan")
+            window.clear()
+        if step % config.val_every == 0 or step == config.steps:
+            stop = validate()
+            checkpoint()
+            if stop:
+                stop_reason = "early_stopping"
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    summary = {"stop_reason": stop_reason, "step": state["step"], "best_step": state["best_step"],
+               "best": state["best"], "metric": config.early_stop_metric, "skipped_steps": state["skipped"],
+               "train_time_s": state["elapsed_s"], "processes": n_proc}
+    if main:
+        _atomic_json(directory / DONE_FILE, summary)
+    best = MendEditor.load(directory, model, device=device)
+    log(f"[{config.name}] finished: {stop_reason} at step {state['step']}, best {config.early_stop_metric}="
+        f"{state['best']:.3f} at step {state['best_step']}")
+    return TrainResult(best, directory, summary)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Using trained editors
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_editor(editor: MendEditor, model, tokenizer, requests: Sequence[EditRequest], *, method: str,
+                    run=None, chunk: int = 16, **score_kwargs) -> list[dict[str, Any]]:
+    """Edit-and-score every request alone (teacher-forced metrics, ``loc/acc`` against the unedited model).
+
+    Each case also carries the unedited model's values as ``base/<metric>`` and ``method``. With a
+    :class:`~instructedit_utils.runs.RunFolder`, cases go to ``cases_<method>.jsonl`` in chunks and finished cases
+    are skipped on rerun.
+    """
+    name = f"cases_{method}"
+    done = run.done_ids(name) if run else set()
+    todo = [r for r in requests if r.case_id not in done]
+    fresh = []
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        base_cases, reference = score_requests(model, tokenizer, part, **score_kwargs)
+        edited = edit_and_score(editor, model, tokenizer, part, reference, **score_kwargs)
+        cases = []
+        for b, e in zip(base_cases, edited):
+            base = {f"base/{k}": v for k, v in b.items() if "/" in k}
+            cases.append({"method": method, **e, **base})
+        if run:
+            run.append_cases(name, cases)
+        fresh += cases
+    if not run:
+        return fresh
+    wanted = {r.case_id for r in requests}
+    return [c for c in run.read_cases(name) if c["case_id"] in wanted]
+
+
+def live_edits(model, tokenizer, editors: dict[str, MendEditor], records: Sequence[EditRecord],
+               max_new_tokens: int = 8, description: int = 0):
+    """Greedy continuations before and after one edit per (record, editor), on the edit prompt and a rephrase."""
+    import pandas as pd
+
+    from .metrics import generate
+
+    rows = []
+    for rec in records:
+        for name, editor in editors.items():
+            req = make_edit_request(rec, instructions=editor.config.use_instructions, description=description)
+            prompts = [req.prompt] + list(req.rephrases[:1])
+            before = generate(model, tokenizer, prompts, max_new_tokens)
+            result = editor.edit(model, tokenizer, req.prompt, req.target, header=req.header)
+            with applied(model, result.deltas):
+                after = generate(model, tokenizer, prompts, max_new_tokens)
+            for kind, b, a in zip(("prompt", "rephrase"), before, after):
+                rows.append({"record": rec.prompt if kind == "prompt" else rec.rephrases[0], "target": req.target,
+                             "editor": name, "input": kind, "before": b.strip(), "after": a.strip()})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line (sweeps, GPU machines: ``accelerate launch -m instructedit_utils.training --profile gpu``)
+# --------------------------------------------------------------------------------------------------------------------
+
+NOTEBOOK = "02_editor_training"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train the editors of notebook 02 with a profile's parameters, without the notebook."""
+    import yaml
+
+    from . import setup_torch
+    from .config import ExperimentConfig
+    from .models import load_model
+    from .runner import notebook_parameters, notebook_path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--editor", action="append", choices=("instructedit", "mend"),
+                        help="which editor(s) to train (default: both)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a parameter of notebook 02 (YAML value)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    params = notebook_parameters(notebook_path(NOTEBOOK), args.profile, overrides)
+    cfg = ExperimentConfig.from_parameters(**params)
+    setup_torch(cfg.model.num_threads, cfg.seed)
+    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    for name, method in cfg.editor_configs().items():
+        if args.editor and name not in args.editor:
+            continue
+        train_editor(model, tokenizer, method, Path(cfg.run_dir) / name, edit_layers=cfg.model.edit_layers,
+                     data_dir=cfg.data_dir, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""The multi-task trainer on a tiny model with hand-made records: resume, guards, sampling, validation metrics."""
+import json
+import random
+
+import pytest
+import torch
+
+from instructedit_utils import training
+from instructedit_utils.config import ExperimentConfig, MethodConfig
+from instructedit_utils.data import parse_records
+from instructedit_utils.editor import MendEditor
+from instructedit_utils.evaluation import build_requests
+
+from conftest import cf_row
+
+
+def _records():
+    cf = parse_records("counterfact", [
+        cf_row(),
+        cf_row(subject="Paris", prompt="Paris is the capital of", target_new="Germany", ground_truth="France",
+               rephrase="The country whose capital is Paris is"),
+        cf_row(subject="Rome", prompt="Rome is the capital of", target_new="Spain", ground_truth="Italy"),
+    ], "hand_cf.json", split="train").records
+    cs = parse_records("convsent", [
+        {"ent": "Moscow", "pos": [" I love it. ", "Great city."], "neg": ["I hate it.", "Too cold."]},
+        {"ent": "tea", "pos": ["Tea is lovely."], "neg": ["Tea is bland."]},
+    ], "hand_convsent.json", split="train").records
+    return {"counterfact": cf, "convsent": cs}
+
+
+def _config(**over):
+    base = dict(name="tiny", tasks=("counterfact", "convsent"), rank=8, steps=6, val_every=3, norm_warmup=3,
+                log_every=1, patience=0, lr=1e-3, lr_lr=1e-3, edit_lr=1e-3)
+    return MethodConfig(**{**base, **over})
+
+
+def _train(model, tok, cfg, directory, **kw):
+    records = _records()
+    val = build_requests([r for rs in records.values() for r in rs], instructions=cfg.use_instructions, seed=0)
+    return training.train_editor(model, tok, cfg, directory, edit_layers=(2, 3), train_records=records,
+                                 val_requests=val, progress=False, log=None, **kw)
+
+
+def _state(editor: MendEditor):
+    return {k: v.clone() for k, v in editor.state_dict().items()}
+
+
+def test_training_changes_the_editor_and_logs_slash_keys(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    result = _train(model, tok, _config(), tmp_path / "ed")
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # base model untouched
+    log = result.train_log()
+    assert list(log["step"]) == [1, 2, 3, 4, 5, 6]
+    for key in ("loss/edit", "loss/loc", "loss/total", "edit/acc", "loc/acc", "grad/cos", "lr/edit_mean",
+                "grad/norm", "time/step_s"):
+        assert key in log and log[key].notna().all(), key
+    val = result.val_log()
+    assert list(val["step"]) == [0, 3, 6]
+    assert {"val/score", "val/counterfact/edit/acc", "val/convsent/loc/acc"} <= set(val.columns)
+    assert result.summary["stop_reason"] == "steps" and result.summary["step"] == 6
+    assert training.is_trained(tmp_path / "ed")
+    fresh = MendEditor.for_model(model, _config(), (2, 3))
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.network_parameters(), result.editor.network_parameters()))
+
+
+def test_resume_after_interruption_gives_the_same_editor(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    cfg = _config()
+    straight = _train(model, tok, cfg, tmp_path / "a")
+    # killed after 4 steps: the last checkpoint is step 3, step 4 is lost and redone on resume
+    partial = _train(model, tok, cfg, tmp_path / "b", stop_after=4)
+    assert partial.summary["stop_reason"] == "interrupted"
+    assert not training.is_trained(tmp_path / "b")
+    resumed = _train(model, tok, cfg, tmp_path / "b")
+    a, b = _state(straight.editor), _state(resumed.editor)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert list(resumed.train_log()["step"]) == [1, 2, 3, 4, 5, 6]  # no duplicated rows from the lost step
+    assert list(resumed.train_log()["loss/total"]) == list(straight.train_log()["loss/total"])
+    # a finished folder is loaded, not retrained; a different config is refused
+    again = _train(model, tok, cfg, tmp_path / "a")
+    assert torch.equal(_state(again.editor)[next(iter(a))], a[next(iter(a))])
+    with pytest.raises(ValueError, match="different config"):
+        _train(model, tok, _config(rank=4), tmp_path / "a")
+
+
+def test_gpt2_conv1d_training_runs(tiny_gpt2, tmp_path):
+    model, tok = tiny_gpt2
+    result = _train(model, tok, _config(steps=2, val_every=2), tmp_path / "g")
+    assert result.summary["step"] == 2
+
+
+def test_nonfinite_guard_reports_and_aborts(tiny_llama, tmp_path, monkeypatch):
+    model, tok = tiny_llama
+    real = training.edit_step
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        return loss * float("nan"), metrics
+
+    monkeypatch.setattr(training, "edit_step", poisoned)
+    messages = []
+    with pytest.raises(FloatingPointError, match="3 non-finite steps in a row"):
+        training.train_editor(model, tok, _config(max_nonfinite=3), tmp_path / "n", edit_layers=(2, 3),
+                              train_records=_records(), val_requests=[], progress=False, log=messages.append)
+    assert sum("non-finite" in m for m in messages) == 3
+
+
+def test_early_stopping_metric_must_exist(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    with pytest.raises(KeyError, match="not a validation metric"):
+        _train(model, tok, _config(early_stop_metric="val/nonsense"), tmp_path / "e")
+
+
+def test_task_sampler_epochs_and_weights():
+    records = {"a": list("xyz"), "b": list("uv"), "c": list("w")}
+    sampler = training.TaskSampler(records, {"a": 1.0, "b": 1.0, "c": 0.0}, seed=3)
+    rng = random.Random(0)
+    drawn = [sampler.draw(rng) for _ in range(200)]
+    assert "w" not in drawn  # weight 0: never drawn
+    a_draws = [d for d in drawn if d in "xyz"]
+    for i in range(0, len(a_draws) - 2, 3):  # every epoch of task a is a permutation of its records
+        assert sorted(a_draws[i:i + 3]) == ["x", "y", "z"]
+    state = sampler.state_dict()
+    clone = training.TaskSampler(records, {"a": 1.0, "b": 1.0, "c": 0.0}, seed=3)
+    clone.load_state_dict(json.loads(json.dumps(state)))
+    r1, r2 = random.Random(5), random.Random(5)
+    assert [sampler.draw(r1) for _ in range(10)] == [clone.draw(r2) for _ in range(10)]
+
+
+def test_validation_metrics_hand_computed():
+    cases = [
+        {"task": "counterfact", "edit/acc": 1.0, "gen/acc": 0.5, "loc/acc": 1.0},
+        {"task": "counterfact", "edit/acc": 0.0, "gen/acc": 0.5, "loc/acc": 0.5},
+        {"task": "recent", "edit/acc": 1.0, "loc/acc": 0.0},  # no rephrases: no gen/acc
+    ]
+    m = training.validation_metrics(cases)
+    assert m["val/counterfact/edit/acc"] == 0.5 and m["val/counterfact/loc/acc"] == 0.75
+    assert m["val/edit/acc"] == pytest.approx(0.75)
+    assert m["val/gen/acc"] == pytest.approx(0.5)  # only counterfact has it
+    assert m["val/score"] == pytest.approx(((0.5 + 0.5 + 0.75) / 3 + (1.0 + 0.0) / 2) / 2)
+
+
+def test_losses_hand_computed():
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]))
+    targets = torch.tensor([0, 1])
+    assert training.nll(logits, targets).item() == pytest.approx(-(torch.log(torch.tensor(0.5)) +
+                                                                   torch.log(torch.tensor(0.8))).item() / 2)
+    assert training.unlikelihood(logits, targets).item() == pytest.approx(
+        -(torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(0.2))).item() / 2, rel=1e-5)
+    assert training.kl_pre_post(logits, logits).item() == pytest.approx(0.0, abs=1e-7)
+    post = torch.log(torch.tensor([[0.25, 0.5, 0.25], [0.1, 0.8, 0.1]]))
+    expected = (0.5 * torch.log(torch.tensor(2.0)) + 0.25 * torch.log(torch.tensor(0.5))).item() / 2
+    assert training.kl_pre_post(logits, post).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_method_config_validation():
+    with pytest.raises(KeyError, match="Unknown task"):
+        MethodConfig(tasks=("zsre_missing",))
+    with pytest.raises(ValueError, match="task_weights"):
+        MethodConfig(task_weights={"zsre": 1.0})
+    with pytest.raises(ValueError, match="rank"):
+        MethodConfig(rank=0)
+    with pytest.raises(ValueError, match="norm_warmup"):
+        MethodConfig(norm_warmup=0)
+    assert MethodConfig(task_weights={"counterfact": 2.0}).weights() == {"counterfact": 2.0, "recent": 0.0,
+                                                                         "convsent": 0.0}
+
+
+def test_experiment_config_routes_method_parameters():
+    cfg = ExperimentConfig.from_parameters(run_dir="x", rank=16, steps=3, train_tasks=["counterfact"], seed=4,
+                                           tasks=["counterfact", "zsre"])
+    assert cfg.method.rank == 16 and cfg.method.tasks == ("counterfact",) and cfg.method.seed == 4
+    assert cfg.tasks == ("counterfact", "zsre")
+    editors = cfg.editor_configs()
+    assert editors["instructedit"].use_instructions and not editors["mend"].use_instructions
+    assert editors["mend"].rank == 16
+    with pytest.raises(TypeError, match="Unknown"):
+        ExperimentConfig.from_parameters(run_dir="x", rnak=3)
