@@ -248,6 +248,18 @@ class MendEditor(nn.Module):
     def step_size(self, name: str) -> torch.Tensor:
         return self.edit_lrs[_key(name)]
 
+    @contextlib.contextmanager
+    def _hooks(self, model: nn.Module, make_hook) -> Iterator[None]:
+        """Forward hooks ``make_hook(name)`` on every edited module, removed on exit (also after an exception)."""
+        handles = []
+        try:
+            for t in self.targets:
+                handles.append(model.get_submodule(t.module_name).register_forward_hook(make_hook(t.name)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
     # ---- capturing u and δ ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def capture(self, model: nn.Module) -> Iterator[dict[str, list]]:
@@ -258,7 +270,6 @@ class MendEditor(nn.Module):
         then gives δ. Hooks are removed on exit, also after an exception.
         """
         store: dict[str, list] = {}
-        handles = []
 
         def make_hook(name: str):
             def hook(module, inputs, output):
@@ -270,13 +281,8 @@ class MendEditor(nn.Module):
                 return output
             return hook
 
-        try:
-            for t in self.targets:
-                handles.append(model.get_submodule(t.module_name).register_forward_hook(make_hook(t.name)))
+        with self._hooks(model, make_hook):
             yield store
-        finally:
-            for h in handles:
-                h.remove()
 
     def runner(self, model: nn.Module):
         """The forward runner for ``model``: a :class:`~instructedit_utils.forward.SplitForward` starting at the lowest
@@ -370,8 +376,6 @@ class MendEditor(nn.Module):
         """Run ``model`` as if ``deltas(transformed)`` were added, without forming them: each edited module's output
         gets ``-α·(x ũᵀ) δ̃`` (the same for ``Linear`` and ``Conv1D``), differentiable in the editor. Hooks are
         removed on exit."""
-        handles = []
-
         def make_hook(name: str):
             f = transformed[name]
             alpha = self.step_size(name)
@@ -381,13 +385,8 @@ class MendEditor(nn.Module):
                 return output - alpha * ((x.to(f.u.dtype) @ f.u.T) @ f.delta).to(output.dtype)
             return hook
 
-        try:
-            for t in self.targets:
-                handles.append(model.get_submodule(t.module_name).register_forward_hook(make_hook(t.name)))
+        with self._hooks(model, make_hook):
             yield model
-        finally:
-            for h in handles:
-                h.remove()
 
     def edit(self, model: nn.Module, tokenizer, prompt: str, target: str, *, header: str | None = None,
              return_factors: bool = False) -> EditResult:

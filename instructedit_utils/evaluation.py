@@ -162,12 +162,21 @@ def evaluate_unedited(model, tokenizer, requests: Sequence[EditRequest], run: Ru
 
     With a ``run`` folder, cases are appended to ``<name>.jsonl`` in chunks and finished cases are skipped on rerun.
     """
+    return resumable_cases(requests, lambda part: score_requests(model, tokenizer, part, **score_kwargs)[0],
+                           run, name, chunk, progress)
+
+
+def resumable_cases(requests: Sequence[EditRequest], score_chunk: Callable[[list], list[dict[str, Any]]],
+                    run: RunFolder | None, name: str, chunk: int = 32, progress: Callable | None = None
+                    ) -> list[dict[str, Any]]:
+    """Score ``requests`` in chunks with ``score_chunk``; with a ``run`` folder, append each chunk's cases to
+    ``<name>.jsonl`` and skip cases already there. Returns the cases of ``requests`` (in file order when resumed)."""
     done = run.done_ids(name) if run else set()
     todo = [r for r in requests if r.case_id not in done]
     fresh: list[dict[str, Any]] = []
     chunks = range(0, len(todo), chunk)
     for start in (progress(chunks) if progress else chunks):
-        cases, _ = score_requests(model, tokenizer, todo[start:start + chunk], **score_kwargs)
+        cases = score_chunk(todo[start:start + chunk])
         if run:
             run.append_cases(name, cases)
         fresh += cases

@@ -46,7 +46,7 @@ import torch
 from .config import MethodConfig
 from .data import EditRecord, load_task, sample
 from .editor import EDITOR_META, MendEditor, _atomic_json, applied
-from .evaluation import build_requests, score_requests
+from .evaluation import build_requests, resumable_cases, score_requests
 from .instructions import EditRequest, make_edit_request
 from .metrics import Encoded, encode_pair
 
@@ -570,25 +570,13 @@ def evaluate_editor(editor: MendEditor, model, tokenizer, requests: Sequence[Edi
     :class:`~instructedit_utils.runs.RunFolder`, cases go to ``cases_<method>.jsonl`` in chunks and finished cases
     are skipped on rerun.
     """
-    name = f"cases_{method}"
-    done = run.done_ids(name) if run else set()
-    todo = [r for r in requests if r.case_id not in done]
-    fresh = []
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
+    def score_chunk(part):
         base_cases, reference = score_requests(model, tokenizer, part, **score_kwargs)
         edited = edit_and_score(editor, model, tokenizer, part, reference, **score_kwargs)
-        cases = []
-        for b, e in zip(base_cases, edited):
-            base = {f"base/{k}": v for k, v in b.items() if "/" in k}
-            cases.append({"method": method, **e, **base})
-        if run:
-            run.append_cases(name, cases)
-        fresh += cases
-    if not run:
-        return fresh
-    wanted = {r.case_id for r in requests}
-    return [c for c in run.read_cases(name) if c["case_id"] in wanted]
+        return [{"method": method, **e, **{f"base/{k}": v for k, v in b.items() if "/" in k}}
+                for b, e in zip(base_cases, edited)]
+
+    return resumable_cases(requests, score_chunk, run, f"cases_{method}", chunk)
 
 
 def live_edits(model, tokenizer, editors: dict[str, MendEditor], records: Sequence[EditRecord],
