@@ -112,6 +112,15 @@ class ExperimentConfig:
         return {name: dataclasses.replace(self.method, name=name, use_instructions=on)
                 for name, on in (("instructedit", True), ("mend", False))}
 
+    def single_task_configs(self, use_instructions: bool = True) -> dict[str, "MethodConfig"]:
+        """One single-task editor per training task (Table 1 / Fig. 4): ``<instructedit|mend>-<task>``."""
+        if self.method is None:
+            raise ValueError("This experiment has no method config (no editor parameters were given)")
+        prefix = "instructedit" if use_instructions else "mend"
+        return {f"{prefix}-{task}": dataclasses.replace(self.method, name=f"{prefix}-{task}", tasks=(task,),
+                                                        task_weights=None, use_instructions=use_instructions)
+                for task in self.method.tasks}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

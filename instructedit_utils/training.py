@@ -619,8 +619,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", default="cpu")
-    parser.add_argument("--editor", action="append", choices=("instructedit", "mend"),
-                        help="which editor(s) to train (default: both)")
+    parser.add_argument("--editor", action="append",
+                        help="which editor(s) to train: instructedit, mend, or with --single-task e.g. "
+                             "instructedit-counterfact (default: all)")
+    parser.add_argument("--single-task", action="store_true",
+                        help="train one editor per training task (instructions on and off) instead")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="override a parameter of notebook 02 (YAML value)")
     parser.add_argument("--no-progress", action="store_true")
@@ -633,7 +636,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = ExperimentConfig.from_parameters(**params)
     setup_torch(cfg.model.num_threads, cfg.seed)
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
-    for name, method in cfg.editor_configs().items():
+    configs = ({**cfg.single_task_configs(True), **cfg.single_task_configs(False)} if args.single_task
+               else cfg.editor_configs())
+    unknown = set(args.editor or ()) - set(configs)
+    if unknown:
+        parser.error(f"unknown editor(s) {sorted(unknown)}; choose from {sorted(configs)}")
+    for name, method in configs.items():
         if args.editor and name not in args.editor:
             continue
         train_editor(model, tokenizer, method, Path(cfg.run_dir) / name, edit_layers=cfg.model.edit_layers,

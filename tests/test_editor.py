@@ -229,3 +229,20 @@ def test_factors_gradient_layout():
     f = Factors(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0, 5.0]]))
     assert torch.equal(f.gradient(), torch.tensor([[3.0, 6.0], [4.0, 8.0], [5.0, 10.0]]))
     assert EditTarget("a.b.weight", 2, 3, conv1d=True).weight_shape == (2, 3)
+
+
+def test_bfloat16_model_edits_with_fp32_editor():
+    from instructedit_utils.models import load_model
+
+    model, tok = load_model("tiny-llama", dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    editor = MendEditor.for_model(model, _plain_config(edit_lr=0.5), (2, 3))
+    result = editor.edit(model, tok, PROMPT, TARGET, return_factors=True)
+    assert all(d.dtype == torch.float32 and torch.isfinite(d).all() for d in result.deltas.values())
+    original = {n: p.clone() for n, p in model.named_parameters()}
+    with applied(model, result.deltas):
+        pass
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+    _, ids, _ = _edit_loss(model, tok)
+    with editor.low_rank_edit(model, result.transformed):
+        assert model(input_ids=ids).logits.dtype == torch.bfloat16

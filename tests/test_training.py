@@ -177,5 +177,8 @@ def test_experiment_config_routes_method_parameters():
     editors = cfg.editor_configs()
     assert editors["instructedit"].use_instructions and not editors["mend"].use_instructions
     assert editors["mend"].rank == 16
+    single = cfg.single_task_configs(use_instructions=False)
+    assert list(single) == ["mend-counterfact"] and single["mend-counterfact"].tasks == ("counterfact",)
+    assert not single["mend-counterfact"].use_instructions
     with pytest.raises(TypeError, match="Unknown"):
         ExperimentConfig.from_parameters(run_dir="x", rnak=3)
