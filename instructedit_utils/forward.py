@@ -61,7 +61,7 @@ class UpperBatch:
 class SplitForward:
     """Lower/upper split of a causal LM at block ``start`` (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, start: int, max_headers: int = 256):
+    def __init__(self, model: nn.Module, start: int, max_headers: int = 32):
         if not supports_split(model):
             raise ValueError(f"{type(model).__name__}: blocks take different arguments; use full forward passes")
         spec = arch_spec(model)

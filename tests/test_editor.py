@@ -246,3 +246,12 @@ def test_bfloat16_model_edits_with_fp32_editor():
     _, ids, _ = _edit_loss(model, tok)
     with editor.low_rank_edit(model, result.transformed):
         assert model(input_ids=ids).logits.dtype == torch.bfloat16
+
+
+def test_split_forward_header_cache_is_bounded(tiny_llama):
+    model, tok = tiny_llama
+    split = SplitForward(model, 2, max_headers=2)
+    for word in ("alpha", "beta", "gamma"):
+        header = tok(f"Task: {word} task\nInput:")["input_ids"]
+        split.lower([tok(f"Task: {word} task\nInput: something")["input_ids"]], header)
+    assert len(split.headers) == 2
