@@ -378,7 +378,7 @@ def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pat
     ``stop_after`` ends the call after that many steps *without* checkpointing them, as a kill would (tests).
     ``train_records``/``val_requests`` replace the task data (tests, custom data).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     directory = Path(directory)
     log = log or (lambda msg: None)
