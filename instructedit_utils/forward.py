@@ -100,24 +100,6 @@ class SplitForward:
     def _hidden(args, kwargs) -> torch.Tensor:
         return args[0] if args else kwargs["hidden_states"]
 
-    def _store(self, header: tuple[int, ...], entry) -> None:
-        self.headers[header] = entry
-        if len(self.headers) > self.max_headers:
-            self.headers.popitem(last=False)
-
-    @torch.no_grad()
-    def _first_with_header(self, ids: tuple[int, ...], p: int) -> torch.Tensor:
-        """Lower states of ``ids`` in one pass; its first ``p`` tokens become a cached header."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        x = torch.tensor([ids], device=self.device)
-        args, kwargs = self._run_until(self.blocks[self.start], input_ids=x, cache=cache, use_cache=True)
-        hidden = self._hidden(args, kwargs)[0].detach()
-        cache.crop(-(len(ids) - p))
-        self._store(tuple(ids[:p]), (cache, hidden[:p].clone()))
-        return hidden
-
     @torch.no_grad()
     def _header(self, header: tuple[int, ...]):
         if header in self.headers:
@@ -129,7 +111,9 @@ class SplitForward:
         ids = torch.tensor([header], device=self.device)
         args, kwargs = self._run_until(self.blocks[self.start], input_ids=ids, cache=cache, use_cache=True)
         entry = (cache, self._hidden(args, kwargs)[0].detach())
-        self._store(header, entry)
+        self.headers[header] = entry
+        if len(self.headers) > self.max_headers:
+            self.headers.popitem(last=False)
         return entry
 
     @torch.no_grad()
@@ -140,21 +124,15 @@ class SplitForward:
 
         The first ``header_rows`` sequences (default: all) start with ``header`` (token ids of an instruction
         header); the tokens they share with it come from a cached key/value prefix. The other rows are masked off
-        that prefix and get their own position ids, so they are computed exactly as if alone.
+        that prefix and get their own position ids, so they are computed exactly as if alone. A header is always
+        computed on its own (never as part of a longer sequence), so results do not depend on what the cache held
+        before: a resumed training run reproduces an uninterrupted one bit for bit.
         """
         seqs = [tuple(s) for s in seqs]
         n_h = len(seqs) if header_rows is None else header_rows
         p = min([common_prefix_len(s, header) for s in seqs[:n_h]] + [len(s) - 1 for s in seqs[:n_h]]) \
             if n_h and header else 0
         cache, h_prefix = None, None
-        if p >= 2 and tuple(seqs[0][:p]) not in self.headers:
-            # first use of this header: run the first sequence in full, keep its header part as the cache entry,
-            # then the other sequences continue from it (one pass fewer than computing the header alone)
-            first = self._first_with_header(seqs[0], p)
-            if len(seqs) == 1:
-                return [first]
-            rest = self.lower(seqs[1:], header, None if header_rows is None else header_rows - 1)
-            return [first] + rest
         if p >= 2:
             cached, h_prefix = self._header(seqs[0][:p])
             cache = copy.deepcopy(cached)
