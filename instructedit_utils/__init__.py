@@ -10,6 +10,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import warnings  # noqa: E402
+
+# tqdm.auto (imported by transformers) warns in kernels without ipywidgets; progress bars fall back to text anyway.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 from .config import ExperimentConfig, ModelConfig  # noqa: E402
 from .data import TASKS, EditRecord, Probe, load_split, load_task  # noqa: E402
 from .instructions import EditRequest, InstructionPool, default_pool, make_edit_request  # noqa: E402
