@@ -53,7 +53,7 @@ def main() -> int:
     cfg = MethodConfig(name="bench", tasks=tuple(args.tasks), rank=args.rank, use_instructions=instructions)
     editor = MendEditor.for_model(model, cfg, args.layers)
     records = {t: load_task(t, "train") for t in cfg.tasks}
-    warm_up_normalization(editor, model, tok, records, cfg, tok.pad_token_id)
+    warm_up_normalization(editor, model, tok, records, cfg)
     editor.train()
     opt = torch.optim.Adam([{"params": editor.network_parameters(), "lr": cfg.lr},
                             {"params": editor.step_size_parameters(), "lr": cfg.lr_lr}], fused=True)

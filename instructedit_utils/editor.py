@@ -18,8 +18,8 @@ GPT-2's ``Conv1D`` stores :math:`W^\\top` (``[in, out]``); the update is transpo
 
 Edits are functional: :meth:`MendEditor.edit` returns an :class:`EditResult` holding the weight deltas (and, on
 request, the gradient factors); :func:`applied` adds them inside a context manager and restores the original
-tensors bit-exactly on exit; :func:`edited_parameters` gives replacement tensors for ``torch.func.functional_call``
-(used in training, where the update must stay differentiable).
+tensors bit-exactly on exit; :meth:`MendEditor.low_rank_edit` runs the model as if edited without forming the
+deltas (used in training, where the update must stay differentiable).
 """
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from .config import MethodConfig
-from .metrics import encode_pair
+from .metrics import _pad_batch, encode_pair
 from .models import arch_spec, edit_parameter_names
+from .runs import _atomic_write_text
 
 EDITOR_WEIGHTS = "editor.safetensors"
 EDITOR_META = "editor.json"
@@ -191,16 +192,12 @@ class FullForward:
 
     def batch(self, seqs: Sequence[Sequence[int]], lowers, pad_id: int):
         from .forward import UpperBatch
-        from .metrics import _pad_batch
 
         ids, mask = _pad_batch(seqs, pad_id, device=next(self.model.parameters()).device)
-        return UpperBatch(ids, mask, (), {})
+        return UpperBatch(ids, mask, None, (), {})
 
     def upper(self, batch, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=batch.hidden, attention_mask=batch.attention_mask).logits[rows, positions]
-
-    def token_ids(self, batch) -> torch.Tensor:
-        return batch.hidden
+        return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[rows, positions]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -313,8 +310,8 @@ class MendEditor(nn.Module):
         n = len(edit_rows)
         with torch.enable_grad(), self.capture(model) as store:
             logits = runner.upper(batch, rows, pos)
-            targets = runner.token_ids(batch)[edit_rows, edit_pos]
-            loss = -logits[:n].float().log_softmax(-1).gather(-1, targets[:, None]).mean()
+            targets = batch.input_ids[edit_rows, edit_pos]
+            loss = nll(logits[:n], targets)
             outputs = [store[t.name][1] for t in self.targets]
             deltas = torch.autograd.grad(loss, outputs)
         keep = batch.attention_mask.bool().clone()
@@ -329,6 +326,11 @@ class MendEditor(nn.Module):
         return result, loss.detach(), extra
 
     # ---- the transform --------------------------------------------------------------------------------------------
+    def observe(self, factors: Mapping[str, Factors]) -> None:
+        """Add the rows of ``[u; δ]`` to each matrix's running normalisation statistics."""
+        for name, f in factors.items():
+            self.norms[_key(name)].update(torch.cat([f.u, f.delta], -1))
+
     def _normalized(self, name: str, factors: Factors) -> torch.Tensor:
         x = torch.cat([factors.u, factors.delta], -1)
         if self.config.normalize:
@@ -338,20 +340,13 @@ class MendEditor(nn.Module):
             x = norm.normalize(x)
         return x
 
-    def transform(self, name: str, factors: Factors) -> Factors:
-        """Normalise ``[u; δ]`` (updating the statistics in training mode) and map it through the shape's network."""
-        return self.transform_all({name: factors}, only=(name,))[name]
-
-    def transform_all(self, factors: Mapping[str, Factors], only: Sequence[str] | None = None
-                      ) -> dict[str, Factors]:
-        """:meth:`transform` for every edited matrix; the rows of all layers sharing a network go through it in one
-        batch (per-row layer scale/shift), which is what makes the rank-1920 network cheap on CPU."""
-        names = [t.name for t in self.targets if only is None or t.name in only]
+    def transform_all(self, factors: Mapping[str, Factors]) -> dict[str, Factors]:
+        """Normalise each matrix's ``[u; δ]`` (updating the statistics in training mode) and map it through the
+        network of its shape; the rows of all layers sharing a network go through it in one batch (per-row layer
+        scale/shift), which is what makes the rank-1920 network cheap on CPU."""
         out: dict[str, Factors] = {}
         for key, net in self.nets.items():
-            group = [t for t in self.targets if t.shape_key == key and t.name in names]
-            if not group:
-                continue
+            group = [t for t in self.targets if t.shape_key == key]
             xs = [self._normalized(t.name, factors[t.name]) for t in group]
             modes = torch.cat([torch.full((len(x),), self.mode[t.name], dtype=torch.long, device=x.device)
                                for t, x in zip(group, xs)])
@@ -388,18 +383,24 @@ class MendEditor(nn.Module):
         with self._hooks(model, make_hook):
             yield model
 
-    def edit(self, model: nn.Module, tokenizer, prompt: str, target: str, *, header: str | None = None,
-             return_factors: bool = False) -> EditResult:
-        """One edit: the weight deltas that make ``model`` say ``target`` after ``prompt`` (base weights untouched).
-
-        ``header`` is the instruction header the prompt starts with (cached across edits; only a speed-up).
-        """
+    def raw_factors(self, model: nn.Module, tokenizer, prompt: str, target: str, *, header: str | None = None
+                    ) -> tuple[dict[str, Factors], torch.Tensor]:
+        """Factors ``u``/δ of the edit loss of ``target`` after ``prompt`` on the unedited model, and that loss."""
         runner = self.runner(model)
         enc = encode_pair(tokenizer, prompt, target)
         header_ids = tuple(tokenizer(header)["input_ids"]) if header else ()
         batch = runner.batch([enc.input_ids], runner.lower([enc.input_ids], header_ids), tokenizer.pad_token_id)
         pos = torch.tensor(enc.target_positions, device=batch.attention_mask.device)
         factors, loss, _ = self.inner_pass(model, runner, batch, torch.zeros_like(pos), pos)
+        return factors, loss
+
+    def edit(self, model: nn.Module, tokenizer, prompt: str, target: str, *, header: str | None = None,
+             return_factors: bool = False) -> EditResult:
+        """One edit: the weight deltas that make ``model`` say ``target`` after ``prompt`` (base weights untouched).
+
+        ``header`` is the instruction header the prompt starts with (cached across edits; only a speed-up).
+        """
+        factors, loss = self.raw_factors(model, tokenizer, prompt, target, header=header)
         with torch.no_grad():
             transformed = self.transform_all(factors)
             deltas = self.deltas(transformed)
@@ -452,9 +453,7 @@ class MendEditor(nn.Module):
 
 
 def _atomic_json(path: Path, payload: Any) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-    os.replace(fh.name, path)
+    _atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -462,21 +461,9 @@ def _atomic_json(path: Path, payload: Any) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def target_nll(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the tokens where ``target_mask`` is set (predicted from the previous position)."""
-    logp = logits[:, :-1].float().log_softmax(-1)
-    tok = input_ids[:, 1:]
-    mask = target_mask[:, 1:]
-    if not mask.any():
-        raise ValueError("target_nll: no target token in the batch")
-    picked = logp.gather(-1, tok[..., None])[..., 0]
-    return -(picked * mask).sum() / mask.sum()
-
-
-def edited_parameters(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``{name: W + ΔW}`` for ``torch.func.functional_call`` (differentiable in ΔW; the model is not modified)."""
-    params = dict(model.named_parameters())
-    return {n: params[n] + d.to(params[n].dtype) for n, d in deltas.items()}
+def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of ``targets`` [N] under ``logits`` [N, V]."""
+    return -logits.float().log_softmax(-1).gather(-1, targets[:, None]).mean()
 
 
 @contextlib.contextmanager

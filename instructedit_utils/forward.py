@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .metrics import _pad_batch
 from .models import arch_spec
 
 
@@ -51,11 +52,11 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
 class UpperBatch:
     """Residual states entering block ``start`` for a right-padded batch, plus the block arguments."""
 
-    hidden: torch.Tensor  # [B, T, d] (FullForward: the token ids)
+    input_ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T]
+    hidden: torch.Tensor | None  # [B, T, d] (None for full forward passes)
     block_args: tuple
     block_kwargs: dict[str, Any]
-    input_ids: torch.Tensor | None = None  # [B, T]
 
 
 class SplitForward:
@@ -165,22 +166,13 @@ class SplitForward:
 
     def batch(self, seqs: Sequence[Sequence[int]], lowers: Sequence[torch.Tensor], pad_id: int) -> UpperBatch:
         """Right-pad lower states into a batch and get the block arguments (mask, positions) for it."""
-        width = max(len(s) for s in seqs)
-        d = lowers[0].shape[-1]
-        hidden = lowers[0].new_zeros((len(seqs), width, d))
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long, device=self.device)
-        for i, (s, h) in enumerate(zip(seqs, lowers)):
-            hidden[i, :len(s)] = h
-            ids[i, :len(s)] = torch.tensor(s, device=self.device)
-            mask[i, :len(s)] = 1
+        ids, mask = _pad_batch(seqs, pad_id, device=self.device)
+        hidden = lowers[0].new_zeros((*ids.shape, lowers[0].shape[-1]))
+        for i, h in enumerate(lowers):
+            hidden[i, :len(h)] = h
         with torch.no_grad():
             args, kwargs = self._run_until(self.blocks[0], input_ids=ids, attention_mask=mask, use_cache=False)
-        return UpperBatch(hidden, mask, tuple(args[1:]), dict(kwargs), ids)
-
-    @staticmethod
-    def token_ids(batch: UpperBatch) -> torch.Tensor:
-        return batch.input_ids
+        return UpperBatch(ids, mask, hidden, tuple(args[1:]), dict(kwargs))
 
     # ---- upper blocks ---------------------------------------------------------------------------------------------
     def upper(self, batch: UpperBatch, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

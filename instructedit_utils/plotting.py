@@ -60,39 +60,31 @@ def plot_metric_bars(summary: pd.DataFrame, hue: str = "task", metrics: Sequence
     return fig
 
 
-def plot_training_curves(logs: "dict[str, pd.DataFrame]", metrics=("loss/edit", "loss/loc", "edit/acc", "loc/acc"),
-                         smooth: int = 5, title: str = "Training (logged means, rolling)"):
-    """One panel per metric, one line per editor, from ``train_log.jsonl`` frames (x = step)."""
-    import matplotlib.pyplot as plt
-
+def _curves(frames: "dict[str, pd.DataFrame]", metrics, title: str, smooth: int = 1, marker=None, ylim=None):
+    """One panel per metric, one line per run (x = ``step``)."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for name, df in logs.items():
+        for name, df in frames.items():
             if metric in df:
-                ax.plot(df["step"], df[metric].rolling(smooth, min_periods=1).mean(), label=name)
+                ax.plot(df["step"], df[metric].rolling(smooth, min_periods=1).mean(), marker=marker, label=name)
         ax.set_title(metric)
         ax.set_xlabel("step")
+        if ylim:
+            ax.set_ylim(*ylim)
     axes[0][0].legend()
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_training_curves(logs: "dict[str, pd.DataFrame]", metrics=("loss/edit", "loss/loc", "edit/acc", "loc/acc"),
+                         smooth: int = 5, title: str = "Training (logged means, rolling)"):
+    """Training metrics from ``train_log.jsonl`` frames, one line per editor (rolling mean over ``smooth`` rows)."""
+    return _curves(logs, metrics, title, smooth=smooth)
 
 
 def plot_validation_curves(vals: "dict[str, pd.DataFrame]",
                            metrics=("val/edit/acc", "val/gen/acc", "val/loc/acc", "val/score"),
                            title: str = "Validation (held-out val splits)"):
     """Validation metrics against step, one line per editor (markers: each validation round)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for name, df in vals.items():
-            if metric in df:
-                ax.plot(df["step"], df[metric], marker="o", label=name)
-        ax.set_title(metric)
-        ax.set_xlabel("step")
-        ax.set_ylim(-0.02, 1.02)
-    axes[0][0].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+    return _curves(vals, metrics, title, marker="o", ylim=(-0.02, 1.02))

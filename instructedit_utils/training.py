@@ -5,7 +5,7 @@ One step (per edit; ``grad_accumulation`` edits per optimizer step):
 1. draw a task (``task_weights``), the next record of that task's shuffled training split and, with instructions on,
    a fresh *seen* description; build the edit request;
 2. capture ``u``/``δ`` of the edit loss on the edit prompt and let the editor turn them into weight deltas;
-3. after the edit (``torch.func.functional_call``, differentiable in the deltas) compute
+3. after the edit (:meth:`~instructedit_utils.editor.MendEditor.low_rank_edit`, differentiable in the editor) compute
    ``L = c_edit · L_edit + c_loc · KL(pre ‖ post)``: ``L_edit`` is the target's NLL on a **rephrase** (the prompt
    when the record has none); for ConvSent it is the NLL of target-sentiment responses plus the unlikelihood
    ``-log(1 - p)`` of opposite-sentiment responses; the KL runs over every token of the record's locality sequence;
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import tempfile
@@ -45,10 +44,11 @@ import torch
 
 from .config import MethodConfig
 from .data import EditRecord, load_task, sample
-from .editor import EDITOR_META, MendEditor, _atomic_json, applied
+from .editor import EDITOR_META, MendEditor, _atomic_json, applied, nll
 from .evaluation import build_requests, resumable_cases, score_requests
 from .instructions import EditRequest, make_edit_request
 from .metrics import Encoded, encode_pair
+from .runs import RunFolder, _atomic_write_text, _jsonl
 
 STATE_FILE = "train_state.pt"
 DONE_FILE = "done.json"
@@ -148,11 +148,6 @@ def _all_positions(seqs: Sequence[Encoded], first_row: int, device) -> tuple[tor
     return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(pos, dtype=torch.long, device=device)
 
 
-def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of ``targets`` [N] under ``logits`` [N, V]."""
-    return -logits.float().log_softmax(-1).gather(-1, targets[:, None]).mean()
-
-
 def unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean ``-log(1 - p(target))`` (pushes the target tokens down)."""
     p = logits.float().log_softmax(-1).gather(-1, targets[:, None])[:, 0].exp()
@@ -200,7 +195,7 @@ def edit_step(editor: MendEditor, model, example: TrainExample, config: MethodCo
     cr, cp = _all_positions(example.loc, 1, dev)
     factors, pre_loss, pre_loc = editor.inner_pass(model, runner, inner, er, ep, cr, cp)
     transformed = editor.transform_all(factors)
-    ids = runner.token_ids(outer)
+    ids = outer.input_ids
     lr_, lp = _targets(example.likely, 0, dev)
     ur, up = _targets(example.unlikely, n_l, dev)
     cr, cp = _all_positions(example.loc, n_l + n_u, dev)
@@ -226,24 +221,16 @@ def edit_step(editor: MendEditor, model, example: TrainExample, config: MethodCo
 
 @torch.no_grad()
 def warm_up_normalization(editor: MendEditor, model, tokenizer, records: dict[str, list[EditRecord]],
-                          config: MethodConfig, pad_id: int) -> None:
+                          config: MethodConfig) -> None:
     """Fill the running statistics from ``norm_warmup`` training edits (drawn without touching the sampler)."""
-    device = next(model.parameters()).device
     tasks = [t for t, w in config.weights().items() if w > 0]
     for i in range(config.norm_warmup):
         rng = random.Random(f"{config.seed}/warmup/{i}")
         task = tasks[i % len(tasks)]
         record = rng.choice(records[task])
         request = make_edit_request(record, instructions=config.use_instructions, rng=rng)
-        example = make_example(request, tokenizer, rng, config)
-        runner = editor.runner(model)
-        batch = runner.batch([example.edit.input_ids], runner.lower([example.edit.input_ids], example.header),
-                             pad_id)
-        er, ep = _targets([example.edit], 0, batch.attention_mask.device)
-        factors, _, _ = editor.inner_pass(model, runner, batch, er, ep)
-        for t in editor.targets:
-            f = factors[t.name]
-            editor.norms[t.name.replace(".", "__")].update(torch.cat([f.u, f.delta], -1))
+        factors, _ = editor.raw_factors(model, tokenizer, request.prompt, request.target, header=request.header)
+        editor.observe(factors)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -296,6 +283,9 @@ def validation_metrics(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+TRAIN_LOG, VAL_LOG = "train_log", "val_log"
+
+
 @dataclass
 class TrainResult:
     editor: MendEditor
@@ -303,47 +293,24 @@ class TrainResult:
     summary: dict[str, Any]
 
     def train_log(self):
-        return read_log(self.directory / "train_log.jsonl")
+        return read_log(self.directory, TRAIN_LOG)
 
     def val_log(self):
-        return read_log(self.directory / "val_log.jsonl")
+        return read_log(self.directory, VAL_LOG)
 
 
-def read_log(path: str | os.PathLike):
+def read_log(directory: str | os.PathLike, name: str):
+    """``<directory>/<name>.jsonl`` as a DataFrame (a torn last line of a killed run is ignored)."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
-        return pd.DataFrame()
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # torn last line of a killed run
-    return pd.DataFrame(rows)
+    return pd.DataFrame(RunFolder(directory).read_cases(name))
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if row.get("step", 0) <= step:
-            keep.append(line + "\n")
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as fh:
-        fh.writelines(keep)
-    os.replace(fh.name, path)
-
-
-def _append_log(path: Path, row: dict[str, Any]) -> None:
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(clean) + "\n")
+def _truncate_log(folder: RunFolder, name: str, step: int) -> None:
+    """Drop log rows after ``step`` (written after the checkpoint a resumed run starts from)."""
+    path = folder.cases_path(name)
+    if path.is_file():
+        _atomic_write_text(path, _jsonl(r for r in folder.read_cases(name) if r.get("step", 0) <= step))
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -368,7 +335,30 @@ def validation_requests(config: MethodConfig, data_dir=None) -> list[EditRequest
     return out
 
 
-def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.PathLike, *,
+def _load_same_config(directory: Path, model, config: MethodConfig, device) -> MendEditor:
+    editor = MendEditor.load(directory, model, device=device)
+    if editor.config.to_dict() != config.to_dict():
+        raise ValueError(f"{directory} holds an editor trained with a different config; use another run folder "
+                         f"or delete it (saved: {editor.config.to_dict()}, requested: {config.to_dict()})")
+    return editor
+
+
+def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.PathLike, **kwargs) -> TrainResult:
+    """Train (or resume, or just load a finished) editor into ``directory``; returns the best editor.
+
+    The model's parameters are frozen (``requires_grad=False``) while training and their flags restored afterwards.
+    Keyword arguments: see :func:`_train_editor`.
+    """
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.requires_grad_(False)
+    try:
+        return _train_editor(model, tokenizer, config, directory, **kwargs)
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+
+
+def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.PathLike, *,
                  edit_layers: Sequence[int] | None = None, data_dir=None, accelerator=None,
                  progress: bool = True, stop_after: int | None = None, log: Callable[[str], None] | None = print,
                  train_records: dict[str, list[EditRecord]] | None = None,
@@ -384,10 +374,7 @@ def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pat
     log = log or (lambda msg: None)
     device = next(model.parameters()).device
     if is_trained(directory):
-        editor = MendEditor.load(directory, model, device=device)
-        if editor.config.to_dict() != config.to_dict():
-            raise ValueError(f"{directory} holds an editor trained with a different config; use another run folder "
-                             f"or delete it (saved: {editor.config.to_dict()}, requested: {config.to_dict()})")
+        editor = _load_same_config(directory, model, config, device)
         summary = json.loads((directory / DONE_FILE).read_text())
         log(f"[{config.name}] already trained ({summary['stop_reason']} at step {summary['step']}); loaded")
         return TrainResult(editor, directory, summary)
@@ -406,11 +393,8 @@ def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pat
     score_kwargs = {"max_rephrases": 3, "max_probes": 3, "max_aliases": 1, "sentiment_responses": 2,
                     "fluency_max_new_tokens": 0, **(score_kwargs or {})}
 
-    model.requires_grad_(False)
     if (last / STATE_FILE).is_file():
-        editor = MendEditor.load(last, model, device=device)
-        if editor.config.to_dict() != config.to_dict():
-            raise ValueError(f"{last} was trained with a different config; use a new folder or delete it")
+        editor = _load_same_config(last, model, config, device)
     else:
         torch.manual_seed(config.seed)
         editor = MendEditor.for_model(model, config, edit_layers).to(device)
@@ -429,9 +413,10 @@ def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pat
         sampler.load_state_dict(saved["sampler"])
         state.update(saved["state"])
         log(f"[{config.name}] resuming from step {state['step']}")
-    for name in ("train_log.jsonl", "val_log.jsonl"):
+    logs = RunFolder(directory)
+    for name in (TRAIN_LOG, VAL_LOG):
         if main:
-            _truncate_log(directory / name, state["step"])
+            _truncate_log(logs, name, state["step"])
 
     with torch.no_grad():
         _, reference = score_requests(model, tokenizer, val_reqs, batch_size=16,
@@ -462,7 +447,7 @@ def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pat
             state["bad_rounds"] += 1
         row = {"step": state["step"], **metrics, "val/best": state["best"], "time/val_s": time.perf_counter() - t0}
         if main:
-            _append_log(directory / "val_log.jsonl", row)
+            logs.append_cases(VAL_LOG, [row])
         log(f"[{config.name}] step {state['step']}: " + ", ".join(
             f"{k[4:]}={metrics[k]:.3f}" for k in ("val/edit/acc", "val/gen/acc", "val/loc/acc", "val/score")
             if k in metrics) + (" (best)" if better else f" (no gain {state['bad_rounds']}/{config.patience})"))
@@ -470,7 +455,7 @@ def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pat
 
     if state["step"] == 0 and state["best"] is None:
         if config.normalize:
-            warm_up_normalization(editor, model, tokenizer, records, config, pad_id)
+            warm_up_normalization(editor, model, tokenizer, records, config)
         validate()  # the untrained editor: the starting point of the curves
         checkpoint()
 
@@ -535,7 +520,7 @@ def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pat
                    "lr/edit_mean": float(torch.stack(editor.step_size_parameters()).detach().mean()),
                    "guard/skipped": state["skipped"]}
             if main:
-                _append_log(directory / "train_log.jsonl", row)
+                logs.append_cases(TRAIN_LOG, [row])
             bar.set_postfix(loss=f"{row['loss/total']:.3f}" if "loss/total" in row else "nan")
             window.clear()
         if step % config.val_every == 0 or step == config.steps:

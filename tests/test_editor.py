@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from instructedit_utils.config import MethodConfig
-from instructedit_utils.editor import (EditTarget, Factors, MendEditor, RunningNorm, applied, edit_targets,
-                                       target_nll)
+from instructedit_utils.editor import EditTarget, Factors, MendEditor, RunningNorm, applied, edit_targets, nll
 from instructedit_utils.forward import SplitForward, supports_split
 from instructedit_utils.metrics import _pad_batch, encode_pair
 
@@ -33,9 +32,8 @@ def _perturb(editor, seed=0):
 def _edit_loss(model, tok):
     enc = encode_pair(tok, PROMPT, TARGET)
     ids = torch.tensor([enc.input_ids])
-    mask = torch.zeros_like(ids, dtype=torch.bool)
-    mask[0, list(enc.target_positions)] = True
-    return target_nll(model(input_ids=ids).logits, ids, mask), ids, mask
+    pos = torch.tensor(enc.target_positions)
+    return nll(model(input_ids=ids).logits[0, pos - 1], ids[0, pos]), ids, pos
 
 
 @pytest.fixture(params=["tiny_llama", "tiny_gpt2"])

@@ -48,8 +48,11 @@ def _state(editor: MendEditor):
 def test_training_changes_the_editor_and_logs_slash_keys(tiny_llama, tmp_path):
     model, tok = tiny_llama
     before = {n: p.clone() for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     result = _train(model, tok, _config(), tmp_path / "ed")
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # base model untouched
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags  # frozen only while training
+    assert all(p.grad is None for p in model.parameters())
     log = result.train_log()
     assert list(log["step"]) == [1, 2, 3, 4, 5, 6]
     for key in ("loss/edit", "loss/loc", "loss/total", "edit/acc", "loc/acc", "grad/cos", "lr/edit_mean",
