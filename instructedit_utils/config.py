@@ -62,6 +62,13 @@ class ExperimentConfig:
     length_sample_per_task: int | None = 300  # records per task for token-length statistics
     live_edits: int = 3  # example edits shown before/after in the training chapter
     method: "MethodConfig | None" = None  # the editor and its training (notebooks that train/use editors)
+    # --- evaluation settings (notebooks 03/04, instructedit-eval) ---
+    editors_dir: str | None = None  # trained editors (default: the sibling run folder 02_editor_training)
+    methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base" or editor folders in editors_dir
+    holdout_tasks: tuple[str, ...] = ("zsre",)  # tasks no editor was trained on
+    descriptions_file: str | None = None  # external descriptions to test (unseen-instruction setting)
+    single_task_steps: int | None = None  # steps of each single-task editor (None: the multi-task budget)
+    transfer_instructions: bool = False  # single-task editors with instructions (InstructEdit) or without (MEND)
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -82,6 +89,18 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.fluency_max_new_tokens < 0:
             raise ValueError("fluency_max_new_tokens must be >= 0")
+        self.methods = tuple(self.methods)
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be distinct names, got {self.methods}")
+        for name in self.methods:
+            if not name or "/" in name:
+                raise ValueError(f"methods: {name!r} is not a plain name (an editor folder in editors_dir)")
+        self.holdout_tasks = tuple(self.holdout_tasks)
+        for task in self.holdout_tasks:
+            if self.split not in task_spec(task).splits:
+                raise ValueError(f"Hold-out task {task!r} has no split {self.split!r}")
+        if self.single_task_steps is not None and self.single_task_steps < 1:
+            raise ValueError("single_task_steps must be >= 1 or None")
 
     @classmethod
     def from_parameters(cls, *, model_name: str = "smollm2-135m", device: str = "cpu", dtype: str = "float32",

@@ -186,6 +186,10 @@ class FullForward:
     def __init__(self, model: nn.Module):
         self.model = model
 
+    @contextlib.contextmanager
+    def reusing_states(self):
+        yield self
+
     def lower(self, seqs: Sequence[Sequence[int]], header: Sequence[int] = (), header_rows: int | None = None
               ) -> list[None]:
         return [None] * len(seqs)
@@ -281,6 +285,11 @@ class MendEditor(nn.Module):
         with self._hooks(model, make_hook):
             yield store
 
+    def first_block(self, model: nn.Module) -> int:
+        """Index of the lowest transformer block of ``model`` with an edited matrix."""
+        layers_path = arch_spec(model).layers_path
+        return min(int(t.name[len(layers_path) + 1:].split(".")[0]) for t in self.targets)
+
     def runner(self, model: nn.Module):
         """The forward runner for ``model``: a :class:`~instructedit_utils.forward.SplitForward` starting at the lowest
         edited block where the architecture allows it (cached, with its header cache), else :class:`FullForward`."""
@@ -289,18 +298,20 @@ class MendEditor(nn.Module):
             return cached
         from .forward import SplitForward, supports_split
 
-        layers_path = arch_spec(model).layers_path
-        start = min(int(t.name[len(layers_path) + 1:].split(".")[0]) for t in self.targets)
+        start = self.first_block(model)
         runner = SplitForward(model, start) if supports_split(model) else FullForward(model)
         self._runners[id(model)] = runner
         return runner
 
     def inner_pass(self, model: nn.Module, runner, batch, edit_rows: torch.Tensor, edit_pos: torch.Tensor,
-                   extra_rows: torch.Tensor | None = None, extra_pos: torch.Tensor | None = None
+                   extra_rows: torch.Tensor | None = None, extra_pos: torch.Tensor | None = None, *,
+                   targets: torch.Tensor | None = None
                    ) -> tuple[dict[str, Factors], torch.Tensor, torch.Tensor | None]:
         """Edit loss and the per-token factors of its gradient on the unedited model.
 
-        The loss is the mean NLL of the tokens at (``edit_rows``, ``edit_pos``) (positions of the *target tokens*).
+        The loss is the mean NLL of the tokens at (``edit_rows``, ``edit_pos``) (positions of the *target tokens*);
+        their ids are ``targets``, by default read from ``batch.input_ids`` (pass them when the batch holds only
+        :attr:`~instructedit_utils.metrics.Encoded.inputs`, i.e. the last target token was dropped).
         Logits at (``extra_rows``, ``extra_pos``) are returned too (detached; e.g. pre-edit locality logits).
         Rows kept for the factors: attention-mask positions, minus position 0 when ``skip_first_token``, minus rows
         whose δ is exactly zero (other sequences of the batch, tokens after the last supervised one).
@@ -310,7 +321,8 @@ class MendEditor(nn.Module):
         n = len(edit_rows)
         with torch.enable_grad(), self.capture(model) as store:
             logits = runner.upper(batch, rows, pos)
-            targets = batch.input_ids[edit_rows, edit_pos]
+            if targets is None:
+                targets = batch.input_ids[edit_rows, edit_pos]
             loss = nll(logits[:n], targets)
             outputs = [store[t.name][1] for t in self.targets]
             deltas = torch.autograd.grad(loss, outputs)
@@ -389,9 +401,11 @@ class MendEditor(nn.Module):
         runner = self.runner(model)
         enc = encode_pair(tokenizer, prompt, target)
         header_ids = tuple(tokenizer(header)["input_ids"]) if header else ()
-        batch = runner.batch([enc.input_ids], runner.lower([enc.input_ids], header_ids), tokenizer.pad_token_id)
-        pos = torch.tensor(enc.target_positions, device=batch.attention_mask.device)
-        factors, loss, _ = self.inner_pass(model, runner, batch, torch.zeros_like(pos), pos)
+        batch = runner.batch([enc.inputs], runner.lower([enc.inputs], header_ids), tokenizer.pad_token_id)
+        dev = batch.attention_mask.device
+        pos = torch.tensor(enc.target_positions, device=dev)
+        factors, loss, _ = self.inner_pass(model, runner, batch, torch.zeros_like(pos), pos,
+                                           targets=torch.tensor(enc.targets, device=dev))
         return factors, loss
 
     def edit(self, model: nn.Module, tokenizer, prompt: str, target: str, *, header: str | None = None,

@@ -17,6 +17,7 @@ All (prompt, answer) pairs of many cases are scored in shared batches; results a
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import defaultdict
 from typing import Any, Callable, Sequence
@@ -64,6 +65,9 @@ def build_requests(records: Sequence[EditRecord], *, instructions: bool, descrip
                               instruct_locality=instruct_locality, pool=pool) for r in records]
 
 
+Scorer = Callable[[Sequence[Encoded]], list[TargetScore]]
+
+
 class _Jobs:
     """Collects (prompt, target) pairs from many cases, scores them in one batched pass, hands results back."""
 
@@ -76,8 +80,9 @@ class _Jobs:
         self.encoded.append(encode_pair(self.tokenizer, prompt, target))
         self.keys.append(key)
 
-    def run(self, model, batch_size: int) -> dict[tuple, TargetScore]:
-        scores = score_encoded(model, self.encoded, self.tokenizer.pad_token_id, batch_size)
+    def run(self, model, batch_size: int, scorer: Scorer | None = None) -> dict[tuple, TargetScore]:
+        scores = (scorer(self.encoded) if scorer is not None
+                  else score_encoded(model, self.encoded, self.tokenizer.pad_token_id, batch_size))
         return dict(zip(self.keys, scores))
 
 
@@ -87,8 +92,8 @@ def _mean(values: list[float]) -> float | None:
 
 def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_size: int = 16, max_rephrases: int = 3,
                    max_probes: int = 3, max_aliases: int = 1, sentiment_responses: int = 4,
-                   fluency_max_new_tokens: int = 0,
-                   reference: dict[tuple, TargetScore] | None = None) -> tuple[list[dict[str, Any]], dict]:
+                   fluency_max_new_tokens: int = 0, reference: dict[tuple, TargetScore] | None = None,
+                   scorer: Scorer | None = None) -> tuple[list[dict[str, Any]], dict]:
     """Score ``model`` on each request; returns (cases, raw locality scores).
 
     ``reference`` holds the unedited model's locality scores (as returned by an earlier call on the base model);
@@ -97,6 +102,9 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
     Costs are bounded per case: the first ``max_rephrases`` rephrases, the first ``max_probes`` locality and
     portability probes (file order), the first ``max_aliases`` aliases of each answer (an answer counts as
     predicted if any of them is), ``sentiment_responses`` responses per sentiment.
+
+    ``scorer`` replaces the plain batched forward passes (e.g. :func:`~instructedit_utils.forward.score_split`,
+    which replays only the edited blocks); it must score ``model``.
     """
     jobs = _Jobs(tokenizer)
     for c, req in enumerate(requests):
@@ -114,7 +122,7 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
             for side, responses in (("t", rec.target_responses), ("o", rec.opposite_responses)):
                 for j, resp in enumerate(responses[:sentiment_responses]):
                     jobs.add((c, "sent", side, j), req.prompt, resp)
-    scores = jobs.run(model, batch_size)
+    scores = jobs.run(model, batch_size, scorer)
 
     grouped: dict[int, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
     for key, sc in scores.items():
@@ -186,6 +194,57 @@ def resumable_cases(requests: Sequence[EditRequest], score_chunk: Callable[[list
     return [c for c in run.read_cases(name) if c["case_id"] in wanted]
 
 
+def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *, run: RunFolder | None = None,
+                    name: str | None = None, chunk: int = 16, progress: Callable | None = None, split: bool = True,
+                    **score_kwargs) -> list[dict[str, Any]]:
+    """Apply each request's edit alone with ``method`` (an :class:`~instructedit_utils.baselines.EditingMethod`),
+    score it, restore the model.
+
+    Each case holds every metric of :func:`score_requests` (``loc/acc`` against the unedited model), the unedited
+    model's values as ``base/<metric>``, the instruction used, ``method`` and ``editor`` (the method's fingerprint).
+    Batching: per chunk of requests the unedited scores in shared batches; per request every prompt of the edited
+    model in one batch. With ``split`` (where the architecture allows) the blocks below the method's first edited
+    block run once per distinct prompt for the whole chunk (they are the same before and after an edit) and only the
+    upper blocks are replayed per edit. With a ``run`` folder cases go to ``<name>.jsonl`` (default
+    ``cases_<method>``) as chunks finish and a rerun skips finished cases; cases of a different editor there are an
+    error.
+    """
+    from functools import partial
+
+    from .forward import score_split
+
+    name = name or f"cases_{method.name}"
+    fingerprint = method.fingerprint
+    if run is not None:
+        other = {c.get("editor") for c in run.read_cases(name)} - {fingerprint}
+        if other:
+            raise ValueError(f"{run.cases_path(name)} holds cases of another editor ({sorted(map(str, other))}, "
+                             f"now {fingerprint}); delete the file or use another run folder")
+    runner = method.runner(model) if split else None
+    batch_size = score_kwargs.get("batch_size", 16)
+
+    def score_chunk(part: list[EditRequest]) -> list[dict[str, Any]]:
+        scorer = None
+        context = contextlib.nullcontext()
+        if runner is not None:
+            headers = tuple({tuple(tokenizer(r.header)["input_ids"]) for r in part if r.header})
+            scorer = partial(score_split, runner, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+                             headers=headers)
+            context = runner.reusing_states()
+        out = []
+        with context:
+            base_cases, reference = score_requests(model, tokenizer, part, scorer=scorer, **score_kwargs)
+            for req, base in zip(part, base_cases):
+                with method.edited(model, tokenizer, req) as edited:
+                    case = score_requests(edited, tokenizer, [req], reference=reference, scorer=scorer,
+                                          **score_kwargs)[0][0]
+                out.append({"method": method.name, "editor": fingerprint, **case,
+                            **{f"base/{k}": v for k, v in base.items() if "/" in k}})
+        return out
+
+    return resumable_cases(requests, score_chunk, run, name, chunk, progress)
+
+
 def summarize(cases: Sequence[dict[str, Any]], by: Sequence[str] = ("task",), metrics: Sequence[str] | None = None,
               n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Long table: one row per group × metric with ``mean``, ``ci_low``, ``ci_high`` (95% bootstrap) and ``n``."""
@@ -204,6 +263,24 @@ def summarize(cases: Sequence[dict[str, Any]], by: Sequence[str] = ("task",), me
     return pd.DataFrame(rows)
 
 
+def paired_difference(cases: Sequence[dict[str, Any]], metric: str, column: str, a: str, b: str,
+                      by: Sequence[str] = ("task",), n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """``b − a`` of ``metric`` on the cases both have (same ``case_id``; ``column`` names what differs, e.g.
+    ``method`` or ``condition``), per group, with a 95% bootstrap CI of the paired mean difference."""
+    df = pd.DataFrame(cases)
+    df = df[df[column].isin([a, b]) & df[metric].notna()]
+    wide = df.pivot_table(index=[*by, "case_id"], columns=column, values=metric, aggfunc="first").dropna()
+    rows = []
+    if a not in wide or b not in wide:
+        return pd.DataFrame(rows)
+    for keys, group in wide.groupby(level=list(range(len(by))), sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        mean, lo, hi = bootstrap_ci((group[b] - group[a]).tolist(), n_boot=n_boot, seed=seed)
+        rows.append({**dict(zip(by, keys)), "metric": metric, "a": a, "b": b, "diff": mean, "ci_low": lo,
+                     "ci_high": hi, "n": len(group)})
+    return pd.DataFrame(rows)
+
+
 def wide_table(summary: pd.DataFrame, index: str = "task", scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
     """Paper-style table: rows = ``index``, columns = metric labels, cells ``mean ± half-CI`` (shares in percent)."""
     def cell(row) -> str:
@@ -218,10 +295,13 @@ def wide_table(summary: pd.DataFrame, index: str = "task", scale: float = 100.0,
 
 
 def task_requests(tasks: Sequence[str], split: str, n: int | None, *, seed: int, instructions: bool,
-                  data_dir=None, instruct_locality: bool = False) -> list[EditRequest]:
-    """A deterministic sample of ``n`` records per task turned into edit requests (seen descriptions, seeded)."""
+                  data_dir=None, instruct_locality: bool = False, description: int | str | None = None,
+                  pool=None) -> list[EditRequest]:
+    """A deterministic sample of ``n`` records per task turned into edit requests (``description``: see
+    :func:`~instructedit_utils.instructions.choose_description`; default a seeded random seen one per record)."""
     out: list[EditRequest] = []
     for task in tasks:
         recs = sample(load_task(task, split, data_dir), n, seed)
-        out += build_requests(recs, instructions=instructions, seed=seed, instruct_locality=instruct_locality)
+        out += build_requests(recs, instructions=instructions, seed=seed, instruct_locality=instruct_locality,
+                              description=description, pool=pool)
     return out

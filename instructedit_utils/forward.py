@@ -15,6 +15,7 @@ full forward passes there.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .metrics import _pad_batch
+from .metrics import Encoded, TargetScore, _pad_batch, scores_from_logits
 from .models import arch_spec
 
 
@@ -77,6 +78,32 @@ class SplitForward:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.headers: OrderedDict[tuple[int, ...], tuple[Any, torch.Tensor]] = OrderedDict()
         self.max_headers = max_headers
+        self._states: dict[tuple[int, ...], torch.Tensor] | None = None
+
+    @contextlib.contextmanager
+    def reusing_states(self):
+        """Inside the block, lower states are kept and served again for the same sequence or any prefix of it.
+
+        Scoring many prompts of one model and its edits (which never touch the lower blocks) then runs the lower
+        blocks once per distinct prompt. Off by default: a training step must not depend on what was computed before
+        (resumed runs are bit-exact). The kept states are dropped on exit.
+        """
+        outer = self._states
+        self._states = {} if outer is None else outer
+        try:
+            yield self
+        finally:
+            self._states = outer
+
+    def _kept(self, seq: tuple[int, ...]) -> torch.Tensor | None:
+        state = self._states.get(seq)
+        if state is not None:
+            return state
+        n = len(seq)
+        for key, value in self._states.items():
+            if len(key) > n and key[:n] == seq:
+                return value[:n]
+        return None
 
     @property
     def device(self) -> torch.device:
@@ -131,6 +158,17 @@ class SplitForward:
         """
         seqs = [tuple(s) for s in seqs]
         n_h = len(seqs) if header_rows is None else header_rows
+        if self._states is None:
+            return self._lower(seqs, header, n_h)
+        found = [self._kept(s) for s in seqs]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            computed = self._lower([seqs[i] for i in missing], header, sum(i < n_h for i in missing))
+            for i, h in zip(missing, computed):
+                found[i] = self._states[seqs[i]] = h
+        return found  # type: ignore[return-value]
+
+    def _lower(self, seqs: list[tuple[int, ...]], header: Sequence[int], n_h: int) -> list[torch.Tensor]:
         p = min([common_prefix_len(s, header) for s in seqs[:n_h]] + [len(s) - 1 for s in seqs[:n_h]]) \
             if n_h and header else 0
         cache, h_prefix = None, None
@@ -186,3 +224,45 @@ class SplitForward:
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
+
+
+def _header_for(seq: Sequence[int], headers: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    """The header ``seq`` starts with (all but possibly its last token, which may merge with the text), if any."""
+    best, best_len = (), 1
+    for h in headers:
+        p = common_prefix_len(seq, h)
+        if p >= max(2, len(h) - 1) and p > best_len:
+            best, best_len = h, p
+    return best
+
+
+@torch.no_grad()
+def score_split(runner, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 16,
+                headers: Sequence[Sequence[int]] = ()) -> list[TargetScore]:
+    """Teacher-forced scores like :func:`~instructedit_utils.metrics.score_encoded`, through a runner
+    (:class:`SplitForward` or the editor's ``FullForward``): lower states per sequence (instruction ``headers``
+    from the key/value cache; reused inside :meth:`SplitForward.reusing_states`), the upper blocks replayed on
+    batches of similar length, logits only at the target positions."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    headers = [tuple(h) for h in headers if h]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+    results: list[TargetScore | None] = [None] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        seqs = [encoded[i].input_ids for i in idx]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for r, seq in enumerate(seqs):
+            groups.setdefault(_header_for(seq, headers), []).append(r)
+        lowers: list[Any] = [None] * len(seqs)
+        for header, rows in groups.items():
+            for r, h in zip(rows, runner.lower([seqs[r] for r in rows], header)):
+                lowers[r] = h
+        batch = runner.batch(seqs, lowers, pad_id)
+        dev = batch.input_ids.device
+        rows = torch.tensor([r for r, i in enumerate(idx) for _ in encoded[i].target_positions], device=dev)
+        pos = torch.tensor([p for i in idx for p in encoded[i].target_positions], device=dev)
+        logits = runner.upper(batch, rows, pos - 1)
+        for i, score in zip(idx, scores_from_logits(logits, [encoded[i] for i in idx])):
+            results[i] = score
+    return results  # type: ignore[return-value]

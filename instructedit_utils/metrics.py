@@ -48,6 +48,16 @@ class Encoded:
     input_ids: tuple[int, ...]
     target_positions: tuple[int, ...]  # indices into input_ids of target tokens (all >= 1)
 
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        """The tokens the model must read to predict every target token: ``input_ids`` without the tokens after the
+        last target's predecessor (the last target token is only a label; nothing attends back from later)."""
+        return self.input_ids[:max(self.target_positions)]
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        return tuple(self.input_ids[p] for p in self.target_positions)
+
 
 def encode_pair(tokenizer, prompt: str, target: str) -> Encoded:
     """Tokenize ``prompt + target`` and find which tokens belong to the target (see module docstring)."""
@@ -108,16 +118,25 @@ def score_encoded(model, encoded: Sequence[Encoded], pad_id: int, batch_size: in
         logits = model(input_ids=ids, attention_mask=mask).logits
         rows = torch.tensor([r for r, i in enumerate(idx) for _ in encoded[i].target_positions], device=device)
         pos = torch.tensor([p for i in idx for p in encoded[i].target_positions], device=device)
-        picked = logits[rows, pos - 1].float().log_softmax(-1)
-        tgt = ids[rows, pos]
-        preds = picked.argmax(-1).tolist()
-        lps = picked.gather(-1, tgt[:, None])[:, 0].tolist()
-        k = 0
-        for i in idx:
-            n = len(encoded[i].target_positions)
-            results[i] = TargetScore(tuple(tgt[k:k + n].tolist()), tuple(preds[k:k + n]), tuple(lps[k:k + n]))
-            k += n
+        for i, score in zip(idx, scores_from_logits(logits[rows, pos - 1], [encoded[i] for i in idx])):
+            results[i] = score
     return results  # type: ignore[return-value]
+
+
+def scores_from_logits(logits: torch.Tensor, encoded: Sequence[Encoded]) -> list[TargetScore]:
+    """:class:`TargetScore` per sequence from logits ``[N, V]`` predicting the sequences' target tokens in order
+    (``N`` = all their target positions)."""
+    picked = logits.float().log_softmax(-1)
+    tgt = torch.tensor([t for e in encoded for t in e.targets], device=logits.device)
+    preds = picked.argmax(-1).tolist()
+    lps = picked.gather(-1, tgt[:, None])[:, 0].tolist()
+    tgt_list = tgt.tolist()
+    out, k = [], 0
+    for e in encoded:
+        n = len(e.target_positions)
+        out.append(TargetScore(tuple(tgt_list[k:k + n]), tuple(preds[k:k + n]), tuple(lps[k:k + n])))
+        k += n
+    return out
 
 
 def score_targets(model, tokenizer, prompts: Sequence[str], targets: Sequence[str],

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .evaluation import FRACTION_METRICS, METRIC_LABELS
+from .evaluation import FRACTION_METRICS, METRIC_LABELS, is_fraction, metric_label
 from .instructions import EditRequest
 
 
@@ -88,3 +88,39 @@ def plot_validation_curves(vals: "dict[str, pd.DataFrame]",
                            title: str = "Validation (held-out val splits)"):
     """Validation metrics against step, one line per editor (markers: each validation round)."""
     return _curves(vals, metrics, title, marker="o", ylim=(-0.02, 1.02))
+
+
+def plot_method_bars(summary: pd.DataFrame, metric: str, x: str = "task", hue: str = "method",
+                     title: str | None = None, scale: float = 100.0) -> plt.Figure:
+    """One metric as grouped bars (``x`` groups, ``hue`` colours) with 95% bootstrap CI whiskers, from
+    :func:`~instructedit_utils.evaluation.summarize` (e.g. Table 3 per task and method, Fig. 3 seen vs unseen)."""
+    sns.set_theme(style="whitegrid")
+    df = summary[summary["metric"] == metric]
+    xs = list(dict.fromkeys(df[x]))
+    groups = list(dict.fromkeys(df[hue]))
+    s = scale if is_fraction(metric) else 1.0
+    fig, ax = plt.subplots(figsize=(max(5, 1.5 * len(xs) * max(1, len(groups)) / 2), 3.6))
+    width = 0.8 / max(1, len(groups))
+    for g, (name, color) in enumerate(zip(groups, sns.color_palette(n_colors=len(groups)))):
+        part = df[df[hue] == name].set_index(x).reindex(xs)
+        pos = [i - 0.4 + width * (g + 0.5) for i in range(len(xs))]
+        err = [(part["mean"] - part["ci_low"]) * s, (part["ci_high"] - part["mean"]) * s]
+        ax.bar(pos, part["mean"] * s, width=width, color=color, label=name, yerr=err, capsize=3)
+    ax.set_xticks(range(len(xs)), xs)
+    label = metric_label(metric) + (" (%)" if is_fraction(metric) else "")
+    ax.set(ylabel=label, title=title if title is not None else metric_label(metric),
+           ylim=(0, 105) if is_fraction(metric) else None)
+    ax.legend(title=hue, fontsize="small", loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_transfer_heatmap(matrix: pd.DataFrame, title: str = "Single-task transfer", fmt: str = ".2f",
+                          label: str = "Reliability") -> plt.Figure:
+    """Heatmap of a train-task × test-task matrix (:func:`~instructedit_utils.experiments.transfer_matrix`)."""
+    sns.set_theme(style="white")
+    fig, ax = plt.subplots(figsize=(1.6 * matrix.shape[1] + 2, 1.2 * matrix.shape[0] + 1.2))
+    sns.heatmap(matrix.astype(float), annot=True, fmt=fmt, cmap="viridis", cbar_kws={"label": label}, ax=ax)
+    ax.set(xlabel="tested on", ylabel="trained on", title=title)
+    fig.tight_layout()
+    return fig

@@ -45,7 +45,7 @@ import torch
 from .config import MethodConfig
 from .data import EditRecord, load_task, sample
 from .editor import EDITOR_META, MendEditor, _atomic_json, applied, nll
-from .evaluation import build_requests, resumable_cases, score_requests
+from .evaluation import build_requests, score_requests
 from .instructions import EditRequest, make_edit_request
 from .metrics import Encoded, encode_pair
 from .runs import RunFolder, _atomic_write_text, _jsonl
@@ -142,6 +142,11 @@ def _targets(seqs: Sequence[Encoded], first_row: int, device) -> tuple[torch.Ten
     return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(pos, dtype=torch.long, device=device)
 
 
+def _labels(seqs: Sequence[Encoded], device) -> torch.Tensor:
+    """Target token ids of ``seqs`` in the order of :func:`_targets`."""
+    return torch.tensor([t for s in seqs for t in s.targets], dtype=torch.long, device=device)
+
+
 def _all_positions(seqs: Sequence[Encoded], first_row: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [first_row + i for i, s in enumerate(seqs) for _ in s.input_ids]
     pos = [p for s in seqs for p in range(len(s.input_ids))]
@@ -184,18 +189,18 @@ def edit_step(editor: MendEditor, model, example: TrainExample, config: MethodCo
     runner = editor.runner(model)
     n_l, n_u, n_c = len(example.likely), len(example.unlikely), len(example.loc)
     instructed = [example.edit] + example.likely + example.unlikely
-    seqs = instructed + example.loc
-    lowers = runner.lower([s.input_ids for s in seqs], example.header, header_rows=len(instructed))
+    # edit/likely/unlikely sequences need no input after their last target's predecessor; locality needs all tokens
+    inputs = [s.inputs for s in instructed] + [s.input_ids for s in example.loc]
+    lowers = runner.lower(inputs, example.header, header_rows=len(instructed))
     # unedited pass: edit sequence + locality; edited pass: rephrase/responses + locality
-    inner = runner.batch([s.input_ids for s in [example.edit] + example.loc], [lowers[0]] + lowers[-n_c:], pad_id)
-    outer_seqs = example.likely + example.unlikely + example.loc
-    outer = runner.batch([s.input_ids for s in outer_seqs], lowers[1:], pad_id)
+    inner = runner.batch([inputs[0]] + inputs[-n_c:], [lowers[0]] + lowers[-n_c:], pad_id)
+    outer = runner.batch(inputs[1:], lowers[1:], pad_id)
     dev = inner.attention_mask.device
     er, ep = _targets([example.edit], 0, dev)
     cr, cp = _all_positions(example.loc, 1, dev)
-    factors, pre_loss, pre_loc = editor.inner_pass(model, runner, inner, er, ep, cr, cp)
+    factors, pre_loss, pre_loc = editor.inner_pass(model, runner, inner, er, ep, cr, cp,
+                                                   targets=_labels([example.edit], dev))
     transformed = editor.transform_all(factors)
-    ids = outer.input_ids
     lr_, lp = _targets(example.likely, 0, dev)
     ur, up = _targets(example.unlikely, n_l, dev)
     cr, cp = _all_positions(example.loc, n_l + n_u, dev)
@@ -203,14 +208,15 @@ def edit_step(editor: MendEditor, model, example: TrainExample, config: MethodCo
         post = runner.upper(outer, torch.cat([lr_, ur, cr]), torch.cat([lp - 1, up - 1, cp]))
     nl, nu = len(lr_), len(ur)
     post_l, post_u, post_loc = post[:nl], post[nl:nl + nu], post[nl + nu:]
-    l_edit = nll(post_l, ids[lr_, lp])
+    likely_ids = _labels(example.likely, dev)
+    l_edit = nll(post_l, likely_ids)
     if nu:
-        l_edit = l_edit + unlikelihood(post_u, ids[ur, up])
+        l_edit = l_edit + unlikelihood(post_u, _labels(example.unlikely, dev))
     l_loc = kl_pre_post(pre_loc, post_loc)
     loss = config.c_edit * l_edit + config.c_loc * l_loc
 
     with torch.no_grad():
-        acc = (post_l.argmax(-1) == ids[lr_, lp]).float().mean()
+        acc = (post_l.argmax(-1) == likely_ids).float().mean()
         loc_acc = (pre_loc.argmax(-1) == post_loc.argmax(-1)).float().mean()
         cos = [_cosine(transformed[n], factors[n]) for n in factors]
     metrics = {"loss/edit": l_edit.item(), "loss/loc": l_loc.item(), "loss/total": loss.item(),
@@ -336,11 +342,24 @@ def validation_requests(config: MethodConfig, data_dir=None) -> list[EditRequest
 
 
 def _load_same_config(directory: Path, model, config: MethodConfig, device) -> MendEditor:
+    """Load the editor in ``directory``; its config must equal ``config`` except for the step budget (a run may be
+    extended to more steps: the schedule does not depend on it), which becomes ``config.steps``."""
     editor = MendEditor.load(directory, model, device=device)
-    if editor.config.to_dict() != config.to_dict():
+    saved, requested = editor.config.to_dict(), config.to_dict()
+    if {**saved, "steps": 0} != {**requested, "steps": 0}:
+        diff = {k: (saved.get(k), requested.get(k)) for k in sorted(set(saved) | set(requested))
+                if saved.get(k) != requested.get(k)}
         raise ValueError(f"{directory} holds an editor trained with a different config; use another run folder "
-                         f"or delete it (saved: {editor.config.to_dict()}, requested: {config.to_dict()})")
+                         f"or delete it (saved vs requested: {diff})")
+    editor.config = config
     return editor
+
+
+def _extendable(directory: Path, config: MethodConfig) -> bool:
+    """A finished run that stopped at its step budget, which ``config`` raises: training continues from ``last/``."""
+    summary = json.loads((directory / DONE_FILE).read_text())
+    return (summary["stop_reason"] == "steps" and summary["step"] < config.steps
+            and (directory / "last" / STATE_FILE).is_file())
 
 
 def train_editor(model, tokenizer, config: MethodConfig, directory: str | os.PathLike, **kwargs) -> TrainResult:
@@ -373,9 +392,12 @@ def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pa
     directory = Path(directory)
     log = log or (lambda msg: None)
     device = next(model.parameters()).device
-    if is_trained(directory):
+    if is_trained(directory) and not _extendable(directory, config):
         editor = _load_same_config(directory, model, config, device)
         summary = json.loads((directory / DONE_FILE).read_text())
+        if summary["step"] > config.steps:
+            raise ValueError(f"{directory} holds an editor trained for {summary['step']} steps, more than the "
+                             f"{config.steps} requested; use another run folder or delete it")
         log(f"[{config.name}] already trained ({summary['stop_reason']} at step {summary['step']}); loaded")
         return TrainResult(editor, directory, summary)
 
@@ -549,19 +571,14 @@ def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pa
 
 def evaluate_editor(editor: MendEditor, model, tokenizer, requests: Sequence[EditRequest], *, method: str,
                     run=None, chunk: int = 16, **score_kwargs) -> list[dict[str, Any]]:
-    """Edit-and-score every request alone (teacher-forced metrics, ``loc/acc`` against the unedited model).
+    """Edit-and-score every request alone with a trained editor: the harness of
+    :func:`~instructedit_utils.evaluation.evaluate_method` (``cases_<method>.jsonl`` in ``run``, resumable, each case
+    with the unedited model's values as ``base/<metric>``)."""
+    from .baselines import TrainedEditor
+    from .evaluation import evaluate_method
 
-    Each case also carries the unedited model's values as ``base/<metric>`` and ``method``. With a
-    :class:`~instructedit_utils.runs.RunFolder`, cases go to ``cases_<method>.jsonl`` in chunks and finished cases
-    are skipped on rerun.
-    """
-    def score_chunk(part):
-        base_cases, reference = score_requests(model, tokenizer, part, **score_kwargs)
-        edited = edit_and_score(editor, model, tokenizer, part, reference, **score_kwargs)
-        return [{"method": method, **e, **{f"base/{k}": v for k, v in b.items() if "/" in k}}
-                for b, e in zip(base_cases, edited)]
-
-    return resumable_cases(requests, score_chunk, run, f"cases_{method}", chunk)
+    return evaluate_method(TrainedEditor(editor, model, method), model, tokenizer, requests, run=run,
+                           name=f"cases_{method}", chunk=chunk, **score_kwargs)
 
 
 def live_edits(model, tokenizer, editors: dict[str, MendEditor], records: Sequence[EditRecord],

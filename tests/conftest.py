@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from instructedit_utils.data import EditRecord, Probe, parse_records
+from instructedit_utils.data import parse_records
 from instructedit_utils.models import load_model
 from instructedit_utils.paths import DataNotFoundError, data_dir
 

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from instructedit_utils.metrics import (TargetScore, bootstrap_ci, encode_pair, join_prompt_target,
                                         locality_agreement, ngram_entropy, score_targets, sentiment_success)

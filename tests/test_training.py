@@ -89,6 +89,22 @@ def test_resume_after_interruption_gives_the_same_editor(tiny_llama, tmp_path):
         _train(model, tok, _config(rank=4), tmp_path / "a")
 
 
+def test_finished_run_extends_to_more_steps_like_a_longer_run(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    straight = _train(model, tok, _config(steps=6), tmp_path / "a")
+    short = _train(model, tok, _config(steps=3), tmp_path / "b")
+    assert short.summary["step"] == 3 and training.is_trained(tmp_path / "b")
+    extended = _train(model, tok, _config(steps=6), tmp_path / "b")  # raises the budget: training continues
+    assert extended.summary["step"] == 6
+    a, b = _state(straight.editor), _state(extended.editor)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert list(extended.train_log()["loss/total"]) == list(straight.train_log()["loss/total"])
+    assert list(extended.val_log()["step"]) == [0, 3, 6]
+    with pytest.raises(ValueError, match="trained for 6 steps"):  # a smaller budget than what was trained
+        _train(model, tok, _config(steps=3), tmp_path / "b")
+
+
 def test_gpt2_conv1d_training_runs(tiny_gpt2, tmp_path):
     model, tok = tiny_gpt2
     result = _train(model, tok, _config(steps=2, val_every=2), tmp_path / "g")

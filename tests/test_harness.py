@@ -1,0 +1,178 @@
+"""The evaluation harness: registry, split scoring == plain scoring, resume, instruction switch, aggregation."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from instructedit_utils import baselines, experiments
+from instructedit_utils.config import ExperimentConfig, MethodConfig
+from instructedit_utils.editor import MendEditor
+from instructedit_utils.evaluation import build_requests, evaluate_method, paired_difference, summarize
+from instructedit_utils.forward import SplitForward, score_split
+from instructedit_utils.metrics import encode_pair, score_encoded
+from instructedit_utils.runs import RunFolder
+
+
+def _editor(model, instructions=True, edit_lr=3.0):
+    cfg = MethodConfig(name="tiny", rank=8, normalize=False, norm_warmup=0, edit_lr=edit_lr,
+                       use_instructions=instructions)
+    torch.manual_seed(0)
+    return MendEditor.for_model(model, cfg, (2, 3))
+
+
+@pytest.fixture(params=["tiny_llama", "tiny_gpt2"])
+def tiny(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_registry_builds_methods_and_rejects_unknown(tiny_llama):
+    model, tok = tiny_llama
+    assert {"base", "mend"} <= set(baselines.REGISTRY)
+    with pytest.raises(KeyError, match="No editing method 'nope'"):
+        baselines.build("nope", model, tok)
+    with pytest.raises(ValueError, match="registered already"):
+        baselines.register("base")(lambda *a, **k: None)
+    with pytest.raises(ValueError, match="exactly one"):
+        baselines.build("mend", model, tok)
+    method = baselines.build("mend", model, tok, editor=_editor(model), name="ie")
+    assert method.name == "ie" and method.use_instructions and method.first_edited_block == 2
+
+
+def test_edited_context_restores_weights_and_base_is_a_no_op(tiny_llama, cf_records):
+    model, tok = tiny_llama
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    req = build_requests(cf_records, instructions=True)[0]
+    method = baselines.build("mend", model, tok, editor=_editor(model))
+    with method.edited(model, tok, req) as edited:
+        changed = [k for k, v in edited.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(".mlp." in k for k in changed)
+    with baselines.build("base", model, tok).edited(model, tok, req):
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_score_split_equals_plain_scoring(tiny):
+    model, tok = tiny
+    header = "Task: CounterFact\nDescription: change the fact\nInput:"
+    pairs = [(header + " The capital of France is", "Paris"), (header + " Rome is in", "Italy"),
+             ("hello there", "friend"), ("hello", "there friend")]
+    encoded = [encode_pair(tok, p, t) for p, t in pairs]
+    plain = score_encoded(model, encoded, tok.pad_token_id, batch_size=3)
+    runner = SplitForward(model, 2)
+    with runner.reusing_states():
+        split = score_split(runner, encoded, tok.pad_token_id, batch_size=3, headers=[tok(header)["input_ids"]])
+        assert runner._states  # states kept inside the block ...
+        # ... and served again for prefixes of kept sequences (the edit's own inputs)
+        kept = runner.lower([encoded[0].inputs], tok(header)["input_ids"])
+        assert kept[0].shape[0] == len(encoded[0].inputs)
+    assert runner._states is None  # ... and dropped afterwards
+    for a, b in zip(plain, split):
+        assert a.targets == b.targets and a.predictions == b.predictions
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_split_harness_equals_plain_harness(tiny, cf_records, convsent_records):
+    model, tok = tiny
+    reqs = build_requests(cf_records + convsent_records, instructions=True, seed=0)
+    method = baselines.build("mend", model, tok, editor=_editor(model))
+    kw = dict(max_rephrases=2, max_probes=2, sentiment_responses=2)
+    split = evaluate_method(method, model, tok, reqs, split=True, **kw)
+    plain = evaluate_method(method, model, tok, reqs, split=False, **kw)
+    assert [c["case_id"] for c in split] == [r.case_id for r in reqs]
+    for a, b in zip(split, plain):
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            assert v == pytest.approx(b[k], abs=1e-4) if isinstance(v, float) else v == b[k], k
+    assert all(c["method"] == "tiny" and c["editor"] == method.fingerprint for c in split)
+    assert all("base/edit/acc" in c for c in split)
+    # the edits do change what the model predicts, so the comparison above is not between two unedited models
+    assert any(c["edit/acc"] != c["base/edit/acc"] or c["loc/acc"] < 1.0 for c in split)
+
+
+def test_harness_resumes_without_redoing_cases_and_refuses_another_editor(tiny_llama, cf_records, tmp_path,
+                                                                          monkeypatch):
+    model, tok = tiny_llama
+    reqs = build_requests(cf_records, instructions=True, seed=0)
+    method = baselines.build("mend", model, tok, editor=_editor(model))
+    run = RunFolder(tmp_path)
+    first = evaluate_method(method, model, tok, reqs[:1], run=run, chunk=1)
+    edits = []
+    real = method.edited
+
+    def counting(model_, tok_, request):
+        edits.append(request.case_id)
+        return real(model_, tok_, request)
+
+    monkeypatch.setattr(method, "edited", counting)
+    cases = evaluate_method(method, model, tok, reqs, run=run, chunk=1)
+    assert edits == [reqs[1].case_id]  # the finished case was not redone
+    assert [c["case_id"] for c in cases] == [r.case_id for r in reqs]
+    assert cases[0] == first[0]
+    assert len(run.read_cases("cases_tiny")) == len(reqs)
+    other = baselines.build("mend", model, tok, editor=_editor(model, edit_lr=1.0))
+    with pytest.raises(ValueError, match="cases of another editor"):
+        evaluate_method(other, model, tok, reqs, run=run)
+
+
+def test_instruction_switch_follows_the_method(tiny_llama, cf_records, tmp_path, monkeypatch):
+    model, tok = tiny_llama
+    monkeypatch.setattr(experiments, "task_requests",
+                        lambda tasks, split, n, **kw: build_requests(cf_records, instructions=kw["instructions"],
+                                                                     description=kw["description"], seed=0))
+    cfg = ExperimentConfig(run_dir=str(tmp_path), tasks=("counterfact",), sample_per_task=2, fluency_max_new_tokens=0)
+    methods = {"on": baselines.build("mend", model, tok, editor=_editor(model, True), name="on"),
+               "off": baselines.build("mend", model, tok, editor=_editor(model, False), name="off")}
+    cases, summary = experiments.multitask(cfg, model, tok, methods)
+    on = [c for c in cases if c["method"] == "on"]
+    off = [c for c in cases if c["method"] == "off"]
+    assert all(c["instruction"] and c["description_index"] is not None for c in on)
+    assert all(c["instruction"] is None for c in off)
+    assert (tmp_path / "multitask" / "summary.csv").is_file()
+    assert set(summary["method"]) == {"on", "off"}
+    # the held-out description is the pool's last one; a method without instructions cannot take part
+    cases, _ = experiments.unseen(cfg, model, tok, methods["on"])
+    held = [c for c in cases if c["condition"] == "held_out"]
+    assert held and all(c["description_index"] == 9 for c in held)
+    with pytest.raises(ValueError, match="without instructions"):
+        experiments.unseen(cfg, model, tok, methods["off"])
+
+
+def test_summaries_and_paired_differences_on_known_values():
+    cases = [{"case_id": str(i), "task": "t", "method": m, "edit/acc": v}
+             for i, (a, b) in enumerate([(0.0, 1.0), (0.5, 1.0), (1.0, 1.0), (0.5, 0.5)])
+             for m, v in (("mend", a), ("ie", b))]
+    s = summarize(cases, by=("method", "task"), metrics=["edit/acc"])
+    means = s.set_index("method")["mean"]
+    assert means["mend"] == pytest.approx(0.5) and means["ie"] == pytest.approx(0.875)
+    assert (s["ci_low"] <= s["mean"]).all() and (s["mean"] <= s["ci_high"]).all()
+    d = paired_difference(cases, "edit/acc", "method", "mend", "ie").iloc[0]
+    assert d["diff"] == pytest.approx(0.375) and d["n"] == 4
+    assert d["ci_low"] >= 0.0  # every paired difference is >= 0, so is every bootstrap mean
+
+
+def test_transfer_matrix_and_relative_decay():
+    summary = pd.DataFrame([
+        {"train_task": a, "task": b, "metric": "edit/acc", "mean": v, "ci_low": v, "ci_high": v, "n": 1}
+        for a, b, v in [("cf", "cf", 0.8), ("cf", "recent", 0.4), ("recent", "cf", 0.3), ("recent", "recent", 0.6)]])
+    m = experiments.transfer_matrix(summary)
+    assert m.loc["cf", "recent"] == 0.4 and m.loc["recent", "cf"] == 0.3
+    r = experiments.transfer_matrix(summary, relative=True)
+    assert r.loc["cf", "cf"] == 1.0 and r.loc["cf", "recent"] == pytest.approx(0.5)
+    assert r.loc["recent", "cf"] == pytest.approx(0.5)
+
+
+def test_external_descriptions_file(tmp_path):
+    js = tmp_path / "d.json"
+    js.write_text(json.dumps({"zsre": ["Answer the question with the new fact."]}))
+    got = experiments.read_descriptions(js, ("counterfact", "zsre"))
+    assert got == {"counterfact": [], "zsre": ["Answer the question with the new fact."]}
+    txt = tmp_path / "d.txt"
+    txt.write_text("First wording\n\nSecond wording\n")
+    assert experiments.read_descriptions(txt, ("zsre",)) == {"zsre": ["First wording", "Second wording"]}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"nope": ["x"]}))
+    with pytest.raises(ValueError, match="bad.json"):
+        experiments.read_descriptions(bad, ("zsre",))
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        experiments.read_descriptions(tmp_path / "missing.txt", ("zsre",))
