@@ -235,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = notebook_parameters(notebook_path(NOTEBOOKS[args.setting]), args.profile, overrides)
     cfg = ExperimentConfig.from_parameters(**params)
     setup_torch(cfg.model.num_threads, cfg.seed)
+    RunFolder(Path(cfg.run_dir) / args.setting).write_params({**cfg.to_dict(), "setting": args.setting})
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
     model.requires_grad_(False)
     if args.train_only is not None:
