@@ -192,9 +192,9 @@ def transfer_matrix(summary: pd.DataFrame, metric: str = "edit/acc", relative: b
     """Rows: training task, columns: test task, cells: mean ``metric``; ``relative`` divides each row by its
     diagonal (the in-task value), Table 1's decay."""
     part = summary[summary["metric"] == metric]
-    mat = part.pivot(index="train_task", columns="task", values="mean")
-    mat = mat.reindex(columns=[t for t in mat.index if t in mat.columns] +
-                      [t for t in mat.columns if t not in mat.index])
+    rows = list(dict.fromkeys(part["train_task"]))
+    mat = part.pivot(index="train_task", columns="task", values="mean").reindex(index=rows)
+    mat = mat.reindex(columns=[t for t in rows if t in mat.columns] + [t for t in mat.columns if t not in rows])
     if relative:
         diag = pd.Series({t: mat.loc[t, t] for t in mat.index if t in mat.columns})
         mat = mat.div(diag, axis=0)
