@@ -10,7 +10,7 @@ Metric keys (slash-separated, MEND style):
 ``loc/gold_acc``       accuracy of the model on the locality answers themselves (how much it knows there)
 ``sentiment/success``  ConvSent: share of (target, opposite) response pairs ranked correctly (see metrics)
 ``sentiment/margin``   ConvSent: mean log-prob of target-sentiment minus opposite-sentiment responses
-``fluency/entropy``    weighted bi/tri-gram entropy of a greedy continuation of the edit prompt
+``fluency/entropy``    weighted bi/tri-gram entropy of the record's prompt + a greedy continuation (of the edit prompt)
 =====================  ==========================================================================================
 
 All (prompt, answer) pairs of many cases are scored in shared batches; results are regrouped per case.
@@ -156,7 +156,8 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
             case["sentiment/success"] = sentiment_success(t, o)
             case["sentiment/margin"] = float(np.mean(t) - np.mean(o))
         if generations is not None:
-            case["fluency/entropy"] = ngram_entropy(req.prompt + generations[c])
+            # the record's own prompt + the continuation: an instruction prepended to the prompt must not count
+            case["fluency/entropy"] = ngram_entropy(req.record.prompt + generations[c])
             case["generation"] = generations[c]
         cases.append({k: v for k, v in case.items() if v is not None or k in ("instruction", "description_index")})
     raw_loc = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items() if key[1] == "loc"}

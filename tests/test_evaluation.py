@@ -112,3 +112,13 @@ def test_base_metrics_are_labelled_and_scaled():
     cases = [{"task": "t", "edit/acc": 1.0, "base/edit/acc": 0.5}, {"task": "t", "edit/acc": 1.0, "base/edit/acc": 0.5}]
     tab = wide_table(summarize(cases, n_boot=10))
     assert tab.loc["t", "Base Reliability"] == "50.0 ± 0.0" and tab.loc["t", "Reliability"] == "100.0 ± 0.0"
+
+
+def test_fluency_ignores_the_instruction_text(tiny_llama, cf_records):
+    from instructedit_utils.metrics import ngram_entropy
+
+    model, tok = tiny_llama
+    req = build_requests(cf_records[:1], instructions=True, seed=0)[0]
+    case = score_requests(model, tok, [req], fluency_max_new_tokens=4)[0][0]
+    assert req.prompt != req.record.prompt
+    assert case["fluency/entropy"] == ngram_entropy(req.record.prompt + case["generation"])
