@@ -127,13 +127,12 @@ def plain_forward(model, tok, req) -> None:
     import torch
     from transformers import DynamicCache
 
+    from instructedit_utils.forward import common_prefix_len
     from instructedit_utils.metrics import encode_pair
 
     enc = encode_pair(tok, req.prompt, req.target)
     header = tuple(tok(req.header)["input_ids"]) if req.header else ()
-    p = 0
-    while p < min(len(header), len(enc.input_ids) - 1) and header[p] == enc.input_ids[p]:
-        p += 1
+    p = min(common_prefix_len(header, enc.input_ids), len(enc.input_ids) - 1)
     with torch.no_grad():
         cache = None
         if p:
