@@ -194,6 +194,10 @@ class FullForward:
               ) -> list[None]:
         return [None] * len(seqs)
 
+    def lower_rows(self, seqs: Sequence[Sequence[int]], headers: Sequence[Sequence[int]],
+                   batch_size: int | None = None) -> list[None]:
+        return [None] * len(seqs)
+
     def batch(self, seqs: Sequence[Sequence[int]], lowers, pad_id: int):
         from .forward import UpperBatch
 
@@ -202,6 +206,16 @@ class FullForward:
 
     def upper(self, batch, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[rows, positions]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def upper_prefixed(self, seqs, lowers, headers, pad_id: int, rows: torch.Tensor, positions: torch.Tensor,
+                       logits: bool = True) -> torch.Tensor:
+        if not logits:
+            raise ValueError("FullForward gives logits only")
+        return self.upper(self.batch(seqs, lowers, pad_id), rows, positions)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,12 @@ the edit. :class:`SplitForward` therefore
 * replays the upper blocks, the final norm and the LM head on a batch of such states (:meth:`SplitForward.upper`),
   computing logits only at the positions a loss or metric needs.
 
+Scoring (:func:`score_split`, used by the evaluation harness) goes further, since it needs no gradients: rows with
+*different* headers share one lower pass (:meth:`SplitForward.lower_rows`, each row attending to its own cached
+prefix), each header goes through the upper blocks once per batch (:meth:`SplitForward.upper_prefixed`), batches are
+cut to minimise padding (:func:`length_batches`), sequences stop before their last (label-only) token and the LM head
+runs on the hidden states of several batches at once.
+
 The results equal a full forward pass up to float rounding (tests compare both). Architectures whose blocks receive
 different masks (Gemma-3's sliding-window layers) are not supported (:func:`supports_split`); callers fall back to
 full forward passes there.
@@ -16,7 +22,6 @@ full forward passes there.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -63,7 +68,7 @@ class UpperBatch:
 class SplitForward:
     """Lower/upper split of a causal LM at block ``start`` (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, start: int, max_headers: int = 32):
+    def __init__(self, model: nn.Module, start: int, max_headers: int = 64):
         if not supports_split(model):
             raise ValueError(f"{type(model).__name__}: blocks take different arguments; use full forward passes")
         spec = arch_spec(model)
@@ -76,7 +81,7 @@ class SplitForward:
         self.final_norm = model.get_submodule(spec.final_norm)
         self.lm_head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
-        self.headers: OrderedDict[tuple[int, ...], tuple[Any, torch.Tensor]] = OrderedDict()
+        self.headers: OrderedDict[tuple[int, ...], tuple[list, torch.Tensor]] = OrderedDict()
         self.max_headers = max_headers
         self._states: dict[tuple[int, ...], torch.Tensor] | None = None
 
@@ -130,19 +135,37 @@ class SplitForward:
 
     @torch.no_grad()
     def _header(self, header: tuple[int, ...]):
-        if header in self.headers:
-            self.headers.move_to_end(header)
-            return self.headers[header]
+        """Key/value states (one ``(keys, values)`` pair per lower block, each ``[1, heads, P, d]``) and residual
+        stream ``[P, d]`` of a header, computed on its own and kept (LRU)."""
+        return self._headers([header])[0]
+
+    @torch.no_grad()
+    def _headers(self, headers: Sequence[tuple[int, ...]]) -> list[tuple[list, torch.Tensor]]:
+        """:meth:`_header` for several headers; the missing ones are computed in one right-padded batch (causal
+        attention: a row's states at its own positions do not depend on the padding after them). A single missing
+        header is computed alone, as the training step needs (results independent of the cache's history)."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([header], device=self.device)
-        args, kwargs = self._run_until(self.blocks[self.start], input_ids=ids, cache=cache, use_cache=True)
-        entry = (cache, self._hidden(args, kwargs)[0].detach())
-        self.headers[header] = entry
-        if len(self.headers) > self.max_headers:
+        missing = list(dict.fromkeys(h for h in headers if h not in self.headers))
+        if missing:
+            ids, mask = _pad_batch(missing, 0, device=self.device)
+            cache = DynamicCache(config=self.model.config)
+            kwargs = dict(input_ids=ids, cache=cache, use_cache=True)
+            if len(missing) > 1:
+                kwargs["attention_mask"] = mask
+            args, kw = self._run_until(self.blocks[self.start], **kwargs)
+            hidden = self._hidden(args, kw).detach()
+            for i, h in enumerate(missing):
+                kv = [(layer.keys[i:i + 1, :, :len(h)].clone(), layer.values[i:i + 1, :, :len(h)].clone())
+                      for layer in cache.layers[:self.start]]
+                self.headers[h] = (kv, hidden[i, :len(h)].clone())
+        out = []
+        for h in headers:
+            self.headers.move_to_end(h)
+            out.append(self.headers[h])
+        while len(self.headers) > self.max_headers:
             self.headers.popitem(last=False)
-        return entry
+        return out
 
     @torch.no_grad()
     def lower(self, seqs: Sequence[Sequence[int]], header: Sequence[int] = (), header_rows: int | None = None
@@ -156,51 +179,158 @@ class SplitForward:
         computed on its own (never as part of a longer sequence), so results do not depend on what the cache held
         before: a resumed training run reproduces an uninterrupted one bit for bit.
         """
-        seqs = [tuple(s) for s in seqs]
         n_h = len(seqs) if header_rows is None else header_rows
-        if self._states is None:
-            return self._lower(seqs, header, n_h)
-        found = [self._kept(s) for s in seqs]
+        header = tuple(header)
+        return self.lower_rows(seqs, [header if i < n_h else () for i in range(len(seqs))])
+
+    @torch.no_grad()
+    def lower_rows(self, seqs: Sequence[Sequence[int]], headers: Sequence[Sequence[int]],
+                   batch_size: int | None = None) -> list[torch.Tensor]:
+        """:meth:`lower` with a header per row (``()`` for none): rows with different instruction headers share a
+        batched pass, each attending to its own cached prefix (padded to the longest one and masked). All headers
+        missing from the cache are computed first, in one batch. With ``batch_size`` the rows go in batches of at
+        most that many, of similar length after their header (:func:`length_batches`). Inside
+        :meth:`reusing_states` only sequences not seen before are computed."""
+        if len(seqs) != len(headers):
+            raise ValueError(f"{len(seqs)} sequences but {len(headers)} headers")
+        seqs = [tuple(s) for s in seqs]
+        headers = [tuple(h) for h in headers]
+        found: list[torch.Tensor | None] = [None] * len(seqs)
+        if self._states is not None:
+            found = [self._kept(s) for s in seqs]
         missing = [i for i, f in enumerate(found) if f is None]
-        if missing:
-            computed = self._lower([seqs[i] for i in missing], header, sum(i < n_h for i in missing))
-            for i, h in zip(missing, computed):
-                found[i] = self._states[seqs[i]] = h
+        if not missing:
+            return found  # type: ignore[return-value]
+        lens = self._prefix_lens([seqs[i] for i in missing], [headers[i] for i in missing])
+        self._headers(list(dict.fromkeys(seqs[i][:p] for i, p in zip(missing, lens) if p)))
+        parts = ([list(range(len(missing)))] if batch_size is None or batch_size >= len(missing) else
+                 length_batches([len(seqs[i]) - p for i, p in zip(missing, lens)], batch_size))
+        for part in parts:
+            rows = [missing[k] for k in part]
+            for i, h in zip(rows, self._lower([seqs[i] for i in rows], [lens[k] for k in part])):
+                found[i] = h
+                if self._states is not None:
+                    self._states[seqs[i]] = h
         return found  # type: ignore[return-value]
 
-    def _lower(self, seqs: list[tuple[int, ...]], header: Sequence[int], n_h: int) -> list[torch.Tensor]:
-        p = min([common_prefix_len(s, header) for s in seqs[:n_h]] + [len(s) - 1 for s in seqs[:n_h]]) \
-            if n_h and header else 0
-        cache, h_prefix = None, None
-        if p >= 2:
-            cached, h_prefix = self._header(seqs[0][:p])
-            cache = copy.deepcopy(cached)
-            if len(seqs) > 1:
-                cache.batch_repeat_interleave(len(seqs))
-        else:
-            p = 0
-        parts = [s[p:] if i < n_h else s for i, s in enumerate(seqs)]
+    @staticmethod
+    def _prefix_lens(seqs: Sequence[tuple[int, ...]], headers: Sequence[tuple[int, ...]]) -> list[int]:
+        """Per row, how many leading tokens come from its header's cache: per header, the prefix all its rows share
+        with it (never a whole row: each keeps a token of its own); 0 where that is under 2 tokens."""
+        prefix: dict[tuple[int, ...], int] = {}
+        for s, h in zip(seqs, headers):
+            if h:
+                prefix[h] = min(prefix.get(h, len(h)), common_prefix_len(s, h), len(s) - 1)
+        return [prefix[h] if h and prefix[h] >= 2 else 0 for h in headers]
+
+    def _lower(self, seqs: list[tuple[int, ...]], lens: list[int]) -> list[torch.Tensor]:
+        """One batched pass; row ``i``'s first ``lens[i]`` tokens come from the header cache."""
+        keys = list(dict.fromkeys(s[:p] for s, p in zip(seqs, lens) if p))
+        entries = dict(zip(keys, self._headers(keys)))
+        kv = [entries[s[:p]][0] if p else None for s, p in zip(seqs, lens)]
+        args, kw = self._run_until(self.blocks[self.start], **self._prefixed_inputs(seqs, lens, kv))
+        hidden = self._hidden(args, kw)
+        parts = [s[p:] for s, p in zip(seqs, lens)]
+        out = []
+        for i, (s, full, p) in enumerate(zip(parts, seqs, lens)):
+            h = hidden[i, :len(s)]
+            out.append(torch.cat([entries[full[:p]][1], h], 0) if p else h.clone())
+        return out
+
+    def _prefixed_inputs(self, seqs: Sequence[tuple[int, ...]], lens: Sequence[int], kv: Sequence[list | None]
+                         ) -> dict[str, Any]:
+        """Model inputs for rows whose first ``lens[i]`` tokens are given as key/value states ``kv[i]`` (one
+        ``(keys, values)`` pair per cached layer, ``[1, heads, lens[i], d]``): the prefixes are padded to the
+        longest one and masked, each row's own tokens get position ids after its own prefix."""
+        width_p = max(lens)
+        parts = [s[p:] for s, p in zip(seqs, lens)]
         width = max(len(s) for s in parts)
         ids = torch.zeros((len(seqs), width), dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(seqs), p + width), dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(seqs), width_p + width), dtype=torch.long, device=self.device)
         positions = torch.zeros((len(seqs), width), dtype=torch.long, device=self.device)
-        for i, s in enumerate(parts):
+        for i, (s, p) in enumerate(zip(parts, lens)):
             ids[i, :len(s)] = torch.tensor(s, device=self.device)
-            mask[i, p:p + len(s)] = 1
-            offset = p if i < n_h else 0
-            positions[i] = torch.arange(offset, offset + width, device=self.device)
-            if i < n_h:
-                mask[i, :p] = 1
-        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=cache is not None)
-        if cache is not None:
-            kwargs["cache"] = cache
-        args, kw = self._run_until(self.blocks[self.start], **kwargs)
-        hidden = self._hidden(args, kw)
-        out = []
-        for i, s in enumerate(parts):
-            h = hidden[i, :len(s)]
-            out.append(torch.cat([h_prefix, h], 0) if p and i < n_h else h.clone())
-        return out
+            mask[i, :p] = 1
+            mask[i, width_p:width_p + len(s)] = 1
+            positions[i] = torch.arange(p, p + width, device=self.device)
+        kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                      use_cache=width_p > 0)
+        if not width_p:
+            return kwargs
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        template = next(r for r in kv if r is not None)
+        shared = len({id(r) for r in kv}) == 1 and all(p == width_p for p in lens)
+        for layer_idx, (k0, v0) in enumerate(template):
+            if shared:
+                k, v = k0.expand(len(seqs), -1, -1, -1).clone(), v0.expand(len(seqs), -1, -1, -1).clone()
+            else:
+                k = k0.new_zeros((len(seqs), k0.shape[1], width_p, k0.shape[3]))
+                v = v0.new_zeros((len(seqs), v0.shape[1], width_p, v0.shape[3]))
+                for i, (r, p) in enumerate(zip(kv, lens)):
+                    if p:
+                        k[i, :, :p] = r[layer_idx][0][0]
+                        v[i, :, :p] = r[layer_idx][1][0]
+            cache.layers[layer_idx].update(k, v)
+        kwargs["cache"] = cache
+        return kwargs
+
+    @torch.no_grad()
+    def upper_prefixed(self, seqs: Sequence[Sequence[int]], lowers: Sequence[torch.Tensor],
+                       headers: Sequence[Sequence[int]], pad_id: int, rows: torch.Tensor, positions: torch.Tensor,
+                       logits: bool = True) -> torch.Tensor:
+        """:meth:`upper` for scoring (no grad): each distinct header's tokens go through the upper blocks once
+        (with the current weights, never kept across calls: an edit changes them), and the rows starting with it
+        only replay their own tokens against that key/value prefix. Same logits as
+        ``upper(batch(seqs, lowers, pad_id), rows, positions)`` up to float rounding. With ``logits=False`` the
+        final hidden states at those positions (:meth:`head` turns them into logits)."""
+        seqs = [tuple(s) for s in seqs]
+        lens = self._prefix_lens(seqs, [tuple(h) for h in headers])
+        row_list = rows.tolist()
+        if not any(lens) or any(p < lens[r] for r, p in zip(row_list, positions.tolist())):
+            batch = self.batch(seqs, lowers, pad_id)
+            h = self._replay(batch.hidden, batch.block_args, batch.block_kwargs)[rows, positions]
+            return self.head(h) if logits else h
+        keys = list(dict.fromkeys(s[:p] for s, p in zip(seqs, lens) if p))
+        lower_kv = [kv for kv, _ in self._headers(keys)]
+        first = {k: next(i for i, (s, p) in enumerate(zip(seqs, lens)) if p and s[:p] == k) for k in keys}
+        # the headers through the upper blocks, in one right-padded batch
+        from transformers import DynamicCache
+
+        head = self._prefixed_inputs(keys, [0] * len(keys), [None] * len(keys))
+        head["use_cache"], head["cache"] = True, (cache := DynamicCache(config=self.model.config))
+        args, kw = self._run_until(self.blocks[0], **head)
+        h = lowers[0].new_zeros((len(keys), max(map(len, keys)), lowers[0].shape[-1]))
+        for j, k in enumerate(keys):
+            h[j, :len(k)] = lowers[first[k]][:len(k)]
+        self._replay(h, tuple(args[1:]), kw)
+        upper_kv = {k: [(layer.keys[j:j + 1, :, :len(k)], layer.values[j:j + 1, :, :len(k)])
+                        for layer in cache.layers[self.start:]]
+                    for j, k in enumerate(keys)}
+        kv_of = {k: lower_kv[j] + upper_kv[k] for j, k in enumerate(keys)}
+        kv = [kv_of[s[:p]] if p else None for s, p in zip(seqs, lens)]
+        args, kw = self._run_until(self.blocks[0], **self._prefixed_inputs(seqs, lens, kv))
+        own = lowers[0].new_zeros((len(seqs), max(len(s) - p for s, p in zip(seqs, lens)), lowers[0].shape[-1]))
+        for i, (low, p) in enumerate(zip(lowers, lens)):
+            own[i, :len(low) - p] = low[p:]
+        h = self._replay(own, tuple(args[1:]), kw)
+        shift = torch.tensor([lens[r] for r in row_list], device=positions.device)
+        h = h[rows, positions - shift]
+        return self.head(h) if logits else h
+
+    def _replay(self, h: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        for block in self.blocks[self.start:]:
+            out = block(h, *args, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from final hidden states: final norm, LM head (and Gemma's soft cap)."""
+        logits = self.lm_head(self.final_norm(h))
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
     def batch(self, seqs: Sequence[Sequence[int]], lowers: Sequence[torch.Tensor], pad_id: int) -> UpperBatch:
         """Right-pad lower states into a batch and get the block arguments (mask, positions) for it."""
@@ -215,15 +345,30 @@ class SplitForward:
     # ---- upper blocks ---------------------------------------------------------------------------------------------
     def upper(self, batch: UpperBatch, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, V]`` at (row, position) pairs after replaying blocks ``start..`` on ``batch``."""
-        h = batch.hidden
-        for block in self.blocks[self.start:]:
-            out = block(h, *batch.block_args, **batch.block_kwargs)
-            h = out[0] if isinstance(out, tuple) else out
-        h = self.final_norm(h[rows, positions])
-        logits = self.lm_head(h)
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        h = self._replay(batch.hidden, batch.block_args, batch.block_kwargs)
+        return self.head(h[rows, positions])
+
+
+def length_batches(lengths: Sequence[int], max_rows: int, overhead: int = 16) -> list[list[int]]:
+    """Split indices into batches of at most ``max_rows`` rows of similar length, minimising padded tokens plus
+    ``overhead`` token-equivalents per batch (the fixed cost of a pass): sort by length, then the optimal cut
+    of the sorted list into contiguous batches (dynamic programming, ``O(n · max_rows)``)."""
+    if max_rows < 1:
+        raise ValueError("max_rows must be >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + (j - i) * lengths[order[i]] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    batches, j = [], n
+    while j > 0:
+        batches.append(order[cut[j]:j])
+        j = cut[j]
+    return batches[::-1]
 
 
 def _header_for(seq: Sequence[int], headers: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
@@ -240,29 +385,44 @@ def _header_for(seq: Sequence[int], headers: Sequence[tuple[int, ...]]) -> tuple
 def score_split(runner, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 16,
                 headers: Sequence[Sequence[int]] = ()) -> list[TargetScore]:
     """Teacher-forced scores like :func:`~instructedit_utils.metrics.score_encoded`, through a runner
-    (:class:`SplitForward` or the editor's ``FullForward``): lower states per sequence (instruction ``headers``
-    from the key/value cache; reused inside :meth:`SplitForward.reusing_states`), the upper blocks replayed on
-    batches of similar length, logits only at the target positions."""
+    (:class:`SplitForward` or the editor's ``FullForward``), on batches of similar length: lower states (each row's
+    instruction header, one of ``headers``, from the key/value cache; states reused inside
+    :meth:`SplitForward.reusing_states`), then the upper blocks, with logits only at the target positions.
+    Sequences stop before their last target token (:attr:`Encoded.inputs`): it is only a label."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     headers = [tuple(h) for h in headers if h]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+    seqs = [e.inputs for e in encoded]
+    # lower states and upper blocks in batches of similar length *after* the header: the header tokens come from
+    # key/value caches in both
+    row_headers = [_header_for(s, headers) for s in seqs]
+    lowers = runner.lower_rows(seqs, row_headers, batch_size=batch_size)
     results: list[TargetScore | None] = [None] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        seqs = [encoded[i].input_ids for i in idx]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for r, seq in enumerate(seqs):
-            groups.setdefault(_header_for(seq, headers), []).append(r)
-        lowers: list[Any] = [None] * len(seqs)
-        for header, rows in groups.items():
-            for r, h in zip(rows, runner.lower([seqs[r] for r in rows], header)):
-                lowers[r] = h
-        batch = runner.batch(seqs, lowers, pad_id)
-        dev = batch.input_ids.device
-        rows = torch.tensor([r for r, i in enumerate(idx) for _ in encoded[i].target_positions], device=dev)
-        pos = torch.tensor([p for i in idx for p in encoded[i].target_positions], device=dev)
-        logits = runner.upper(batch, rows, pos - 1)
+    # the LM head is the largest matrix: with a split runner it runs on the hidden states of several batches at once
+    deferred = isinstance(runner, SplitForward)
+    pending: list[tuple[list[int], torch.Tensor]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        logits = runner.head(torch.cat([h for _, h in pending]))
+        idx = [i for ids, _ in pending for i in ids]
         for i, score in zip(idx, scores_from_logits(logits, [encoded[i] for i in idx])):
             results[i] = score
+        pending.clear()
+
+    # an upper batch also replays its rows' headers once: a larger fixed cost per batch
+    for idx in length_batches([len(s) - len(h) for s, h in zip(seqs, row_headers)], batch_size, overhead=48):
+        dev = runner.device
+        rows = torch.tensor([r for r, i in enumerate(idx) for _ in encoded[i].target_positions], device=dev)
+        pos = torch.tensor([p for i in idx for p in encoded[i].target_positions], device=dev)
+        out = runner.upper_prefixed([seqs[i] for i in idx], [lowers[i] for i in idx],
+                                    [row_headers[i] for i in idx], pad_id, rows, pos - 1, logits=not deferred)
+        pending.append((idx, out))
+        if not deferred or sum(len(h) for _, h in pending) >= _HEAD_ROWS:
+            flush()
+    flush()
     return results  # type: ignore[return-value]
+
+
+_HEAD_ROWS = 1024  # target positions per LM-head call when deferred (logits of 1024 × 49k floats: 200 MB)

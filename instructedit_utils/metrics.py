@@ -110,11 +110,12 @@ def score_encoded(model, encoded: Sequence[Encoded], pad_id: int, batch_size: in
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].inputs))
     results: list[TargetScore | None] = [None] * len(encoded)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        ids, mask = _pad_batch([encoded[i].input_ids for i in idx], pad_id, device=device)
+        # the last target token is only a label: the model never needs to read it
+        ids, mask = _pad_batch([encoded[i].inputs for i in idx], pad_id, device=device)
         logits = model(input_ids=ids, attention_mask=mask).logits
         rows = torch.tensor([r for r, i in enumerate(idx) for _ in encoded[i].target_positions], device=device)
         pos = torch.tensor([p for i in idx for p in encoded[i].target_positions], device=device)
@@ -126,10 +127,10 @@ def score_encoded(model, encoded: Sequence[Encoded], pad_id: int, batch_size: in
 def scores_from_logits(logits: torch.Tensor, encoded: Sequence[Encoded]) -> list[TargetScore]:
     """:class:`TargetScore` per sequence from logits ``[N, V]`` predicting the sequences' target tokens in order
     (``N`` = all their target positions)."""
-    picked = logits.float().log_softmax(-1)
+    logits = logits.float()
     tgt = torch.tensor([t for e in encoded for t in e.targets], device=logits.device)
-    preds = picked.argmax(-1).tolist()
-    lps = picked.gather(-1, tgt[:, None])[:, 0].tolist()
+    preds = logits.argmax(-1).tolist()
+    lps = (logits.gather(-1, tgt[:, None])[:, 0] - logits.logsumexp(-1)).tolist()
     tgt_list = tgt.tolist()
     out, k = [], 0
     for e in encoded:

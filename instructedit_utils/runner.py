@@ -110,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="override one parameter (YAML value) of the named notebooks")
     parser.add_argument("-f", "--parameters-file", help="YAML file of parameter overrides")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR,
+                        help="root of the run folders (default runs/; e.g. a separate one for another model_name)")
+    parser.add_argument("--output-dir", type=Path, default=EXECUTED_DIR,
+                        help="where executed notebooks go (default: the book's; another folder keeps the book as is)")
     parser.add_argument("--no-build", action="store_true", help="only execute, do not build the book")
     parser.add_argument("--no-execute", action="store_true", help="only build the book from executed notebooks")
     args = parser.parse_args(argv)
@@ -126,8 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_execute:
         for name in names:
             print(f"[instructedit-book] executing {name} with profile {args.profile}", flush=True)
-            out = run_notebook(name, args.profile, overrides)
-            print(f"[instructedit-book] wrote {out.relative_to(PROJECT_ROOT)}", flush=True)
+            out = run_notebook(name, args.profile, overrides, output_dir=args.output_dir.resolve(),
+                               runs_dir=args.runs_dir.resolve())
+            print(f"[instructedit-book] wrote {out}", flush=True)
     if not args.no_build:
         index = build_book()
         print(f"[instructedit-book] book: {index}", flush=True)

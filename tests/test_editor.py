@@ -4,7 +4,7 @@ import torch
 
 from instructedit_utils.config import MethodConfig
 from instructedit_utils.editor import EditTarget, Factors, MendEditor, RunningNorm, applied, edit_targets, nll
-from instructedit_utils.forward import SplitForward, supports_split
+from instructedit_utils.forward import SplitForward, length_batches, supports_split
 from instructedit_utils.metrics import _pad_batch, encode_pair
 
 PROMPT, TARGET = "The capital of France is", "Berlin"
@@ -162,6 +162,49 @@ def test_split_forward_matches_full_forward(tiny):
     ids, mask = _pad_batch(seqs, tok.pad_token_id)
     full = model(input_ids=ids, attention_mask=mask).logits[rows, pos]
     torch.testing.assert_close(split.upper(batch, rows, pos), full, rtol=1e-4, atol=1e-5)
+
+
+def test_split_forward_rows_with_different_headers_match_full_forward(tiny):
+    """One batched lower pass over rows with different instruction headers (of different lengths) and none."""
+    model, tok = tiny
+    split = SplitForward(model, 2)
+    header_texts = ["Task: CounterFact\nDescription: change the fact\nInput:", "Task: ZsRE\nInput:",
+                    "Task: Recent\nDescription: a much longer description of what is to be done\nInput:"]
+    texts = [header_texts[0] + " The capital of France is Paris", header_texts[1] + " Rome is in Italy",
+             "hello there", header_texts[2] + " x", header_texts[0] + " Berlin"]
+    row_headers = [header_texts[0], header_texts[1], None, header_texts[2], header_texts[0]]
+    seqs = [tok(t)["input_ids"] for t in texts]
+    headers = [tok(h)["input_ids"] if h else () for h in row_headers]
+    lowers = split.lower_rows(seqs, headers)
+    assert len(split.headers) == 3  # computed in one batch, kept per header
+    for i, (s, h) in enumerate(zip(seqs, headers)):  # each row alone, its header computed alone
+        alone = SplitForward(model, 2).lower([s], h)[0]
+        torch.testing.assert_close(lowers[i], alone, rtol=1e-4, atol=1e-5)
+    batch = split.batch(seqs, lowers, tok.pad_token_id)
+    rows = torch.tensor([i for i, s in enumerate(seqs) for _ in s])
+    pos = torch.tensor([j for s in seqs for j in range(len(s))])
+    ids, mask = _pad_batch(seqs, tok.pad_token_id)
+    full = model(input_ids=ids, attention_mask=mask).logits[rows, pos]
+    torch.testing.assert_close(split.upper(batch, rows, pos), full, rtol=1e-4, atol=1e-5)
+    # scoring replays each header through the upper blocks once; the rows only their own tokens
+    after = [(i, j) for i, (s, h) in enumerate(zip(seqs, headers)) for j in range(len(h), len(s))]
+    rows_a, pos_a = torch.tensor([i for i, _ in after]), torch.tensor([j for _, j in after])
+    full_a = model(input_ids=ids, attention_mask=mask).logits[rows_a, pos_a]
+    torch.testing.assert_close(split.upper_prefixed(seqs, lowers, headers, tok.pad_token_id, rows_a, pos_a),
+                               full_a, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="2 sequences but 1 headers"):
+        split.lower_rows(seqs[:2], headers[:1])
+
+
+def test_length_batches_minimise_padding_plus_overhead():
+    # sorted 10, 10, 2, 2: two batches cost 2·10 + 2·2 + 2·overhead, one batch 4·10 + overhead, four 24 + 4·overhead
+    assert length_batches([2, 10, 2, 10], max_rows=4, overhead=1) == [[1, 3], [0, 2]]
+    assert length_batches([2, 10, 2, 10], max_rows=4, overhead=100) == [[1, 3, 0, 2]]
+    assert all(len(b) <= 3 for b in length_batches(list(range(20)), max_rows=3, overhead=1000))
+    assert sorted(i for b in length_batches([5, 1, 3, 3, 9], max_rows=2) for i in b) == [0, 1, 2, 3, 4]
+    assert length_batches([], max_rows=4) == []
+    with pytest.raises(ValueError):
+        length_batches([1], max_rows=0)
 
 
 def test_running_norm_matches_hand_computed():
