@@ -405,7 +405,8 @@ def score_split(runner, encoded: Sequence[Encoded], pad_id: int, batch_size: int
     def flush() -> None:
         if not pending:
             return
-        logits = runner.head(torch.cat([h for _, h in pending]))
+        out = torch.cat([h for _, h in pending])
+        logits = runner.head(out) if deferred else out
         idx = [i for ids, _ in pending for i in ids]
         for i, score in zip(idx, scores_from_logits(logits, [encoded[i] for i in idx])):
             results[i] = score

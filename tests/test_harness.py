@@ -9,6 +9,7 @@ from instructedit_utils import baselines, experiments
 from instructedit_utils.config import ExperimentConfig, MethodConfig
 from instructedit_utils.editor import MendEditor
 from instructedit_utils.evaluation import build_requests, evaluate_method, paired_difference, summarize
+from instructedit_utils.editor import FullForward
 from instructedit_utils.forward import SplitForward, score_split
 from instructedit_utils.metrics import encode_pair, score_encoded
 from instructedit_utils.runs import RunFolder
@@ -67,9 +68,13 @@ def test_score_split_equals_plain_scoring(tiny):
         kept = runner.lower([encoded[0].inputs], tok(header)["input_ids"])
         assert kept[0].shape[0] == len(encoded[0].inputs)
     assert runner._states is None  # ... and dropped afterwards
-    for a, b in zip(plain, split):
-        assert a.targets == b.targets and a.predictions == b.predictions
+    # the runner of architectures that cannot be split (Gemma-3): plain forward passes, same scores
+    full = score_split(FullForward(model), encoded, tok.pad_token_id, batch_size=3,
+                       headers=[tok(header)["input_ids"]])
+    for a, b, c in zip(plain, split, full):
+        assert a.targets == b.targets == c.targets and a.predictions == b.predictions == c.predictions
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert a.logprobs == pytest.approx(c.logprobs, abs=1e-4)
 
 
 def test_split_harness_equals_plain_harness(tiny, cf_records, convsent_records):
