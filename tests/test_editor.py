@@ -144,6 +144,16 @@ def test_return_factors(tiny_llama):
     assert len(result.raw[top].u) == len(encode_pair(tok, PROMPT, TARGET).target_positions)
 
 
+def _assert_upper_matches_full(model, tok, split, seqs, lowers):
+    """Upper blocks replayed on the lower states give the full forward pass's logits at every position."""
+    batch = split.batch(seqs, lowers, tok.pad_token_id)
+    rows = torch.tensor([i for i, s in enumerate(seqs) for _ in s])
+    pos = torch.tensor([j for s in seqs for j in range(len(s))])
+    ids, mask = _pad_batch(seqs, tok.pad_token_id)
+    full = model(input_ids=ids, attention_mask=mask).logits[rows, pos]
+    torch.testing.assert_close(split.upper(batch, rows, pos), full, rtol=1e-4, atol=1e-5)
+
+
 def test_split_forward_matches_full_forward(tiny):
     model, tok = tiny
     assert supports_split(model)
@@ -156,12 +166,7 @@ def test_split_forward_matches_full_forward(tiny):
     again = split.lower(seqs, header, header_rows=2)  # second call uses the cached header
     for a, b in zip(lowers, again):
         torch.testing.assert_close(a, b)
-    batch = split.batch(seqs, lowers, tok.pad_token_id)
-    rows = torch.tensor([i for i, s in enumerate(seqs) for _ in s])
-    pos = torch.tensor([j for s in seqs for j in range(len(s))])
-    ids, mask = _pad_batch(seqs, tok.pad_token_id)
-    full = model(input_ids=ids, attention_mask=mask).logits[rows, pos]
-    torch.testing.assert_close(split.upper(batch, rows, pos), full, rtol=1e-4, atol=1e-5)
+    _assert_upper_matches_full(model, tok, split, seqs, lowers)
 
 
 def test_split_forward_rows_with_different_headers_match_full_forward(tiny):
@@ -180,15 +185,11 @@ def test_split_forward_rows_with_different_headers_match_full_forward(tiny):
     for i, (s, h) in enumerate(zip(seqs, headers)):  # each row alone, its header computed alone
         alone = SplitForward(model, 2).lower([s], h)[0]
         torch.testing.assert_close(lowers[i], alone, rtol=1e-4, atol=1e-5)
-    batch = split.batch(seqs, lowers, tok.pad_token_id)
-    rows = torch.tensor([i for i, s in enumerate(seqs) for _ in s])
-    pos = torch.tensor([j for s in seqs for j in range(len(s))])
-    ids, mask = _pad_batch(seqs, tok.pad_token_id)
-    full = model(input_ids=ids, attention_mask=mask).logits[rows, pos]
-    torch.testing.assert_close(split.upper(batch, rows, pos), full, rtol=1e-4, atol=1e-5)
+    _assert_upper_matches_full(model, tok, split, seqs, lowers)
     # scoring replays each header through the upper blocks once; the rows only their own tokens
     after = [(i, j) for i, (s, h) in enumerate(zip(seqs, headers)) for j in range(len(h), len(s))]
     rows_a, pos_a = torch.tensor([i for i, _ in after]), torch.tensor([j for _, j in after])
+    ids, mask = _pad_batch(seqs, tok.pad_token_id)
     full_a = model(input_ids=ids, attention_mask=mask).logits[rows_a, pos_a]
     torch.testing.assert_close(split.upper_prefixed(seqs, lowers, headers, tok.pad_token_id, rows_a, pos_a),
                                full_a, rtol=1e-4, atol=1e-5)
