@@ -134,16 +134,12 @@ class SplitForward:
         return args[0] if args else kwargs["hidden_states"]
 
     @torch.no_grad()
-    def _header(self, header: tuple[int, ...]):
-        """Key/value states (one ``(keys, values)`` pair per lower block, each ``[1, heads, P, d]``) and residual
-        stream ``[P, d]`` of a header, computed on its own and kept (LRU)."""
-        return self._headers([header])[0]
-
-    @torch.no_grad()
     def _headers(self, headers: Sequence[tuple[int, ...]]) -> list[tuple[list, torch.Tensor]]:
-        """:meth:`_header` for several headers; the missing ones are computed in one right-padded batch (causal
-        attention: a row's states at its own positions do not depend on the padding after them). A single missing
-        header is computed alone, as the training step needs (results independent of the cache's history)."""
+        """Per header, its key/value states (one ``(keys, values)`` pair per lower block, each ``[1, heads, P, d]``)
+        and residual stream ``[P, d]``, kept in an LRU cache. The missing ones are computed in one right-padded
+        batch (causal attention: a row's states at its own positions do not depend on the padding after them). A
+        single missing header is computed alone, as the training step needs (results independent of the cache's
+        history)."""
         from transformers import DynamicCache
 
         missing = list(dict.fromkeys(h for h in headers if h not in self.headers))
@@ -202,12 +198,13 @@ class SplitForward:
         if not missing:
             return found  # type: ignore[return-value]
         lens = self._prefix_lens([seqs[i] for i in missing], [headers[i] for i in missing])
-        self._headers(list(dict.fromkeys(seqs[i][:p] for i, p in zip(missing, lens) if p)))
+        keys = list(dict.fromkeys(seqs[i][:p] for i, p in zip(missing, lens) if p))
+        entries = dict(zip(keys, self._headers(keys)))  # held here: the LRU may drop some before the last batch
         parts = ([list(range(len(missing)))] if batch_size is None or batch_size >= len(missing) else
                  length_batches([len(seqs[i]) - p for i, p in zip(missing, lens)], batch_size))
         for part in parts:
             rows = [missing[k] for k in part]
-            for i, h in zip(rows, self._lower([seqs[i] for i in rows], [lens[k] for k in part])):
+            for i, h in zip(rows, self._lower([seqs[i] for i in rows], [lens[k] for k in part], entries)):
                 found[i] = h
                 if self._states is not None:
                     self._states[seqs[i]] = h
@@ -223,10 +220,10 @@ class SplitForward:
                 prefix[h] = min(prefix.get(h, len(h)), common_prefix_len(s, h), len(s) - 1)
         return [prefix[h] if h and prefix[h] >= 2 else 0 for h in headers]
 
-    def _lower(self, seqs: list[tuple[int, ...]], lens: list[int]) -> list[torch.Tensor]:
-        """One batched pass; row ``i``'s first ``lens[i]`` tokens come from the header cache."""
-        keys = list(dict.fromkeys(s[:p] for s, p in zip(seqs, lens) if p))
-        entries = dict(zip(keys, self._headers(keys)))
+    def _lower(self, seqs: list[tuple[int, ...]], lens: list[int], entries: dict[tuple[int, ...], tuple]
+               ) -> list[torch.Tensor]:
+        """One batched pass; row ``i``'s first ``lens[i]`` tokens come from its header's ``entries`` (as given by
+        :meth:`_headers`)."""
         kv = [entries[s[:p]][0] if p else None for s, p in zip(seqs, lens)]
         args, kw = self._run_until(self.blocks[self.start], **self._prefixed_inputs(seqs, lens, kv))
         hidden = self._hidden(args, kw)
@@ -381,6 +378,9 @@ def _header_for(seq: Sequence[int], headers: Sequence[tuple[int, ...]]) -> tuple
     return best
 
 
+_HEAD_ROWS = 1024  # target positions per LM-head call when deferred (logits of 1024 × 49k floats: 200 MB)
+
+
 @torch.no_grad()
 def score_split(runner, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 16,
                 headers: Sequence[Sequence[int]] = ()) -> list[TargetScore]:
@@ -398,6 +398,7 @@ def score_split(runner, encoded: Sequence[Encoded], pad_id: int, batch_size: int
     row_headers = [_header_for(s, headers) for s in seqs]
     lowers = runner.lower_rows(seqs, row_headers, batch_size=batch_size)
     results: list[TargetScore | None] = [None] * len(encoded)
+    dev = runner.device
     # the LM head is the largest matrix: with a split runner it runs on the hidden states of several batches at once
     deferred = isinstance(runner, SplitForward)
     pending: list[tuple[list[int], torch.Tensor]] = []
@@ -414,7 +415,6 @@ def score_split(runner, encoded: Sequence[Encoded], pad_id: int, batch_size: int
 
     # an upper batch also replays its rows' headers once: a larger fixed cost per batch
     for idx in length_batches([len(s) - len(h) for s, h in zip(seqs, row_headers)], batch_size, overhead=48):
-        dev = runner.device
         rows = torch.tensor([r for r, i in enumerate(idx) for _ in encoded[i].target_positions], device=dev)
         pos = torch.tensor([p for i in idx for p in encoded[i].target_positions], device=dev)
         out = runner.upper_prefixed([seqs[i] for i in idx], [lowers[i] for i in idx],
@@ -424,6 +424,3 @@ def score_split(runner, encoded: Sequence[Encoded], pad_id: int, batch_size: int
             flush()
     flush()
     return results  # type: ignore[return-value]
-
-
-_HEAD_ROWS = 1024  # target positions per LM-head call when deferred (logits of 1024 × 49k floats: 200 MB)
