@@ -1,10 +1,12 @@
 """instructedit_utils: the package behind the InstructEdit book.
 
-Modules follow the method's steps: :mod:`~instructedit_utils.data` (task records and splits),
+Modules follow the method's steps: :mod:`~instructedit_utils.records` (the record schema, file layouts and parsers),
+:mod:`~instructedit_utils.data` (task files and splits),
 :mod:`~instructedit_utils.instructions` (instruction construction), :mod:`~instructedit_utils.models` (model
 loading, edit targets), :mod:`~instructedit_utils.metrics` and :mod:`~instructedit_utils.evaluation` (the paper's
-metrics), :mod:`~instructedit_utils.plotting`, :mod:`~instructedit_utils.runs` (run folders) and
-:mod:`~instructedit_utils.runner` (papermill profiles and the book build).
+metrics), :mod:`~instructedit_utils.plotting`, :mod:`~instructedit_utils.runs` (run folders),
+:mod:`~instructedit_utils.parameters` (one source of parameters: notebooks' parameters cells, profiles, command lines)
+and :mod:`~instructedit_utils.runner` (papermill and the book build).
 """
 from __future__ import annotations
 

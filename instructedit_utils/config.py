@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from .data import TASKS, task_spec
+from .instructions import read_descriptions
+from .paths import display_path, project_path
 from .models import MODEL_PRESETS
 
 PROFILES = ("ci", "cpu", "gpu")
@@ -66,11 +68,13 @@ class ExperimentConfig:
     editors_dir: str | None = None  # trained editors (default: the sibling run folder 02_editor_training)
     methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base" or editor folders in editors_dir
     holdout_tasks: tuple[str, ...] = ("zsre",)  # tasks no editor was trained on
+    holdout_split: str = "all"  # split hold-out tasks are sampled from (no multi-task editor saw any of it)
     descriptions_file: str | None = None  # external descriptions to test (unseen-instruction setting)
     single_task_steps: int | None = None  # steps of each single-task editor (None: the multi-task budget)
     transfer_instructions: bool = False  # single-task editors with instructions (InstructEdit) or without (MEND)
 
     def __post_init__(self):
+        self.run_dir = str(project_path(self.run_dir))
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
         if isinstance(self.method, dict):
@@ -78,10 +82,12 @@ class ExperimentConfig:
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         self.tasks = tuple(self.tasks)
-        for task in self.tasks:
-            spec = task_spec(task)
-            if self.split not in spec.splits:
-                raise ValueError(f"Task {task!r} has no split {self.split!r}")
+        self.holdout_tasks = tuple(self.holdout_tasks)
+        for task in self.tasks + self.holdout_tasks:
+            split = self.split_of(task)
+            if split not in task_spec(task).splits:
+                role = "Hold-out task" if task in self.holdout_tasks else "Task"
+                raise ValueError(f"{role} {task!r} has no split {split!r}; it has {list(task_spec(task).splits)}")
         if self.sample_per_task is not None and self.sample_per_task < 1:
             raise ValueError("sample_per_task must be >= 1 or None")
         for name in ("batch_size", "max_rephrases", "max_probes", "max_aliases", "sentiment_responses"):
@@ -95,25 +101,37 @@ class ExperimentConfig:
         for name in self.methods:
             if not name or "/" in name:
                 raise ValueError(f"methods: {name!r} is not a plain name (an editor folder in editors_dir)")
-        self.holdout_tasks = tuple(self.holdout_tasks)
-        for task in self.holdout_tasks:
-            if self.split not in task_spec(task).splits:
-                raise ValueError(f"Hold-out task {task!r} has no split {self.split!r}")
+        if self.descriptions_file is not None:
+            self.descriptions()  # validated now, before any model loads
         if self.single_task_steps is not None and self.single_task_steps < 1:
             raise ValueError("single_task_steps must be >= 1 or None")
+
+    def split_of(self, task: str) -> str:
+        """The split a task's cases are sampled from: :attr:`holdout_split` for hold-out tasks, else :attr:`split`."""
+        return self.holdout_split if task in self.holdout_tasks else self.split
+
+    def splits(self, tasks: Sequence[str]) -> dict[str, str]:
+        return {task: self.split_of(task) for task in tasks}
+
+    def descriptions(self) -> dict[str, list[str]]:
+        """The external descriptions of :attr:`descriptions_file` per task (training + hold-out), validated."""
+        if self.descriptions_file is None:
+            return {}
+        return read_descriptions(self.descriptions_file, tuple(dict.fromkeys(self.tasks + self.holdout_tasks)))
 
     @classmethod
     def from_parameters(cls, *, model_name: str = "smollm2-135m", device: str = "cpu", dtype: str = "float32",
                         num_threads: int | None = 1, edit_layers=None, **fields) -> "ExperimentConfig":
         """Build from a notebook's flat ``parameters`` cell: ``model_name``/``device``/``dtype``/``num_threads``/
         ``edit_layers`` go to :class:`ModelConfig`; names of :class:`MethodConfig` fields (and ``train_tasks`` for
-        its ``tasks``) go to a :class:`MethodConfig` seeded with ``seed``; the rest to this class. Unknown names are
-        an error."""
+        its ``tasks``) go to a :class:`MethodConfig` seeded with ``seed``; the rest to this class. Without ``tasks``,
+        the tasks evaluated are the training tasks. Unknown names are an error."""
         own = {f.name for f in dataclasses.fields(cls)}
         method_names = {f.name for f in dataclasses.fields(MethodConfig)} - own - {"name"}
         method_fields = {k: fields.pop(k) for k in list(fields) if k in method_names}
         if "train_tasks" in fields:
             method_fields["tasks"] = fields.pop("train_tasks")
+            fields.setdefault("tasks", method_fields["tasks"])
         unknown = set(fields) - own
         if unknown:
             raise TypeError(f"Unknown experiment parameter(s): {sorted(unknown)}")
@@ -143,11 +161,48 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def case_settings(self, tasks: Sequence[str], *, instructions: bool, description: int | str | None = None
+                      ) -> dict[str, Any]:
+        """What this configuration contributes to a case file's settings (see
+        :func:`instructedit_utils.evaluation.case_settings`, which adds the scoring caps and a digest of the requests):
+        model, tasks with their splits, sample, seed, instruction flags and the digests of the data files read."""
+        from .data import data_fingerprint
+
+        splits = self.splits(tasks)
+        return {"model": {"name": self.model.name, "dtype": self.model.dtype,
+                          "device": self.model.device.split(":")[0]},
+                "splits": splits, "sample_per_task": self.sample_per_task, "seed": self.seed,
+                "instructions": instructions, "instruct_locality": self.instruct_locality,
+                "description": description, "data": data_fingerprint(splits, self.data_dir)}
+
     def score_kwargs(self) -> dict[str, int]:
         """Keyword arguments for :func:`instructedit_utils.evaluation.score_requests`."""
         return dict(batch_size=self.batch_size, max_rephrases=self.max_rephrases, max_probes=self.max_probes,
                     max_aliases=self.max_aliases, sentiment_responses=self.sentiment_responses,
                     fluency_max_new_tokens=self.fluency_max_new_tokens)
+
+
+PATH_FIELDS = ("run_dir", "data_dir", "editors_dir", "descriptions_file")
+
+
+def config_table(config: "ExperimentConfig | MethodConfig") -> "pd.DataFrame":
+    """A configuration as a two-column table for the book (nested fields as ``model/name``; paths as
+    :func:`~instructedit_utils.paths.display_path` shows them; the editor config of an experiment left out)."""
+    import pandas as pd
+
+    rows = []
+    for key, value in config.to_dict().items():
+        if key == "method":
+            continue
+        if isinstance(value, dict) and key == "model":
+            rows += [(f"model/{k}", v) for k, v in value.items()]
+            continue
+        if key in PATH_FIELDS and value is not None:
+            value = display_path(value)
+        rows.append((key, value))
+    return pd.DataFrame([{"parameter": k, "value": "—" if v is None else
+                          ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)} for k, v in rows]
+                        ).set_index("parameter")
 
 
 METHODS = ("mend",)  # trainable editors; baselines register in instructedit_utils.baselines (issue 4)

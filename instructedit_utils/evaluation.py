@@ -10,7 +10,9 @@ Metric keys (slash-separated, MEND style):
 ``loc/gold_acc``       accuracy of the model on the locality answers themselves (how much it knows there)
 ``sentiment/success``  ConvSent: share of (target, opposite) response pairs ranked correctly (see metrics)
 ``sentiment/margin``   ConvSent: mean log-prob of target-sentiment minus opposite-sentiment responses
-``fluency/entropy``    weighted bi/tri-gram entropy of the record's prompt + a greedy continuation (of the edit prompt)
+``fluency/entropy``    weighted bi/tri-gram entropy of a greedy continuation of the edit prompt (the generated text
+                       only; missing when the continuation is empty, see :func:`~instructedit_utils.metrics.fluency`)
+``fluency/empty``      1 when that continuation has fewer than 3 words (the model ended its answer at once), else 0
 =====================  ==========================================================================================
 
 All (prompt, answer) pairs of many cases are scored in shared batches; results are regrouped per case.
@@ -18,17 +20,20 @@ All (prompt, answer) pairs of many cases are scored in shared batches; results a
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
+import json
 import random
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .data import EditRecord, load_task, sample
 from .instructions import EditRequest, make_edit_request
-from .metrics import Encoded, TargetScore, bootstrap_ci, encode_pair, generate, locality_agreement, ngram_entropy, score_encoded, \
-    sentiment_success
+from .metrics import (Encoded, TargetScore, bootstrap_ci, encode_pair, fluency, generate, locality_agreement,
+                      score_encoded, sentiment_success)
 from .runs import RunFolder
 
 METRIC_LABELS = {
@@ -37,12 +42,14 @@ METRIC_LABELS = {
     "loc/acc": "Locality",
     "port/acc": "Portability",
     "fluency/entropy": "Fluency",
+    "fluency/empty": "Empty generations",
     "sentiment/success": "Sentiment success",
     "loc/gold_acc": "Loc. answer acc.",
     "sentiment/margin": "Sentiment margin",
 }
 # Metrics that are shares in [0, 1] (shown in percent); the others (entropy in bits, log-prob margin) are raw.
-FRACTION_METRICS = ("edit/acc", "gen/acc", "loc/acc", "port/acc", "sentiment/success", "loc/gold_acc")
+FRACTION_METRICS = ("edit/acc", "gen/acc", "loc/acc", "port/acc", "sentiment/success", "loc/gold_acc",
+                    "fluency/empty")
 
 
 def metric_label(metric: str) -> str:
@@ -156,30 +163,62 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
             case["sentiment/success"] = sentiment_success(t, o)
             case["sentiment/margin"] = float(np.mean(t) - np.mean(o))
         if generations is not None:
-            # the record's own prompt + the continuation: an instruction prepended to the prompt must not count
-            case["fluency/entropy"] = ngram_entropy(req.record.prompt + generations[c])
+            # the continuation alone: neither the prompt nor a prepended instruction may count as generated text
+            case.update(fluency(generations[c]))
             case["generation"] = generations[c]
         cases.append({k: v for k, v in case.items() if v is not None or k in ("instruction", "description_index")})
     raw_loc = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items() if key[1] == "loc"}
     return cases, raw_loc
 
 
+def requests_digest(requests: Sequence[EditRequest]) -> str:
+    """Digest of everything scored for ``requests``: ids, (instructed) prompts, targets, rephrases, probes, ConvSent
+    responses, in order. Any change of data, sample, seed, description or instruction flag changes it."""
+    digest = hashlib.sha256()
+    for r in requests:
+        item = [r.case_id, r.prompt, r.target, list(r.rephrases),
+                [[p.prompt, list(p.answers)] for p in r.locality], [[p.prompt, list(p.answers)] for p in r.portability],
+                list(r.record.target_responses), list(r.record.opposite_responses)]
+        digest.update(json.dumps(item, ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
+
+
+_SCORE_DEFAULTS = {k: p.default for k, p in inspect.signature(score_requests).parameters.items()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("reference", "scorer")}
+
+
+def case_settings(requests: Sequence[EditRequest], score_kwargs: dict[str, Any],
+                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings a case file records: ``settings`` (the caller's, e.g.
+    :meth:`~instructedit_utils.config.ExperimentConfig.case_settings`), every scoring cap and the Fluency length
+    (``scoring/…``; the batch size is left out, it does not change what is computed) and :func:`requests_digest`."""
+    scoring = {**_SCORE_DEFAULTS, **score_kwargs}
+    scoring.pop("batch_size", None)
+    return {**(settings or {}), "scoring": scoring, "requests": requests_digest(requests)}
+
+
 def evaluate_unedited(model, tokenizer, requests: Sequence[EditRequest], run: RunFolder | None = None,
                       name: str = "base_cases", chunk: int = 32, progress: Callable | None = None,
-                      **score_kwargs) -> list[dict[str, Any]]:
+                      settings: dict[str, Any] | None = None, **score_kwargs) -> list[dict[str, Any]]:
     """Pre-edit metrics of the base model for each request (the Base column of Table 3).
 
-    With a ``run`` folder, cases are appended to ``<name>.jsonl`` in chunks and finished cases are skipped on rerun.
+    With a ``run`` folder, cases are appended to ``<name>.jsonl`` in chunks and finished cases are skipped on rerun;
+    the file's settings (:func:`case_settings`) must match (see :meth:`~instructedit_utils.runs.RunFolder.
+    check_settings`).
     """
     return resumable_cases(requests, lambda part: score_requests(model, tokenizer, part, **score_kwargs)[0],
-                           run, name, chunk, progress)
+                           run, name, chunk, progress, case_settings(requests, score_kwargs, settings))
 
 
 def resumable_cases(requests: Sequence[EditRequest], score_chunk: Callable[[list], list[dict[str, Any]]],
-                    run: RunFolder | None, name: str, chunk: int = 32, progress: Callable | None = None
-                    ) -> list[dict[str, Any]]:
+                    run: RunFolder | None, name: str, chunk: int = 32, progress: Callable | None = None,
+                    settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Score ``requests`` in chunks with ``score_chunk``; with a ``run`` folder, append each chunk's cases to
-    ``<name>.jsonl`` and skip cases already there. Returns the cases of ``requests`` (in file order when resumed)."""
+    ``<name>.jsonl`` and skip cases already there. Returns the cases of ``requests`` (in file order when resumed).
+
+    ``settings`` describe what the cases' numbers depend on: in a run folder they are checked against the file's
+    (an error on any difference) and each case carries their digest as ``settings``."""
+    stamp = run.check_settings(name, settings or {}) if run else None
     done = run.done_ids(name) if run else set()
     todo = [r for r in requests if r.case_id not in done]
     fresh: list[dict[str, Any]] = []
@@ -187,6 +226,7 @@ def resumable_cases(requests: Sequence[EditRequest], score_chunk: Callable[[list
     for start in (progress(chunks) if progress else chunks):
         cases = score_chunk(todo[start:start + chunk])
         if run:
+            cases = [{**c, "settings": stamp} for c in cases]
             run.append_cases(name, cases)
         fresh += cases
     if not run:
@@ -197,7 +237,7 @@ def resumable_cases(requests: Sequence[EditRequest], score_chunk: Callable[[list
 
 def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *, run: RunFolder | None = None,
                     name: str | None = None, chunk: int = 16, progress: Callable | None = None, split: bool = True,
-                    **score_kwargs) -> list[dict[str, Any]]:
+                    settings: dict[str, Any] | None = None, **score_kwargs) -> list[dict[str, Any]]:
     """Apply each request's edit alone with ``method`` (an :class:`~instructedit_utils.baselines.EditingMethod`),
     score it, restore the model.
 
@@ -207,8 +247,8 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
     model in one batch. With ``split`` (where the architecture allows) the blocks below the method's first edited
     block run once per distinct prompt for the whole chunk (they are the same before and after an edit) and only the
     upper blocks are replayed per edit. With a ``run`` folder cases go to ``<name>.jsonl`` (default
-    ``cases_<method>``) as chunks finish and a rerun skips finished cases; cases of a different editor there are an
-    error.
+    ``cases_<method>``) as chunks finish and a rerun skips finished cases; cases of a different editor or of other
+    settings (:func:`case_settings` of ``settings``, the requests and the scoring caps) there are an error.
     """
     from functools import partial
 
@@ -243,7 +283,8 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
                             **{f"base/{k}": v for k, v in base.items() if "/" in k}})
         return out
 
-    return resumable_cases(requests, score_chunk, run, name, chunk, progress)
+    return resumable_cases(requests, score_chunk, run, name, chunk, progress,
+                           case_settings(requests, score_kwargs, settings))
 
 
 def summarize(cases: Sequence[dict[str, Any]], by: Sequence[str] = ("task",), metrics: Sequence[str] | None = None,
@@ -291,18 +332,25 @@ def wide_table(summary: pd.DataFrame, index: str = "task", scale: float = 100.0,
 
     tab = summary.assign(cell=summary.apply(cell, axis=1),
                          label=summary["metric"].map(metric_label))
-    order = [metric_label(m) for m in dict.fromkeys(summary["metric"])]
+    known = list(METRIC_LABELS)
+
+    def rank(metric: str) -> int:  # the order of METRIC_LABELS; ``base/<m>`` beside ``<m>``; unknown ones last
+        bare = metric[5:] if metric.startswith("base/") else metric
+        return known.index(bare) if bare in known else len(known)
+
+    order = [metric_label(m) for m in sorted(dict.fromkeys(summary["metric"]), key=rank)]
     return tab.pivot(index=index, columns="label", values="cell").reindex(columns=order).fillna("—")
 
 
-def task_requests(tasks: Sequence[str], split: str, n: int | None, *, seed: int, instructions: bool,
-                  data_dir=None, instruct_locality: bool = False, description: int | str | None = None,
-                  pool=None) -> list[EditRequest]:
-    """A deterministic sample of ``n`` records per task turned into edit requests (``description``: see
-    :func:`~instructedit_utils.instructions.choose_description`; default a seeded random seen one per record)."""
+def task_requests(tasks: Sequence[str], split: str | Mapping[str, str], n: int | None, *, seed: int,
+                  instructions: bool, data_dir=None, instruct_locality: bool = False,
+                  description: int | str | None = None, pool=None) -> list[EditRequest]:
+    """A deterministic sample of ``n`` records per task turned into edit requests (``split``: one for all tasks or
+    one per task; ``description``: see :func:`~instructedit_utils.instructions.choose_description`; default a
+    seeded random seen one per record)."""
     out: list[EditRequest] = []
     for task in tasks:
-        recs = sample(load_task(task, split, data_dir), n, seed)
+        recs = sample(load_task(task, split if isinstance(split, str) else split[task], data_dir), n, seed)
         out += build_requests(recs, instructions=instructions, seed=seed, instruct_locality=instruct_locality,
                               description=description, pool=pool)
     return out

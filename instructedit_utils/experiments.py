@@ -10,13 +10,17 @@ setting        what is evaluated
 ``transfer``   single-task editors trained on task A, tested on task B (Table 1's decay matrix)
 =============  ========================================================================================================
 
-Each setting writes ``<run_dir>/<setting>/``: ``cases_<method>[_<condition>].jsonl`` (one line per case, resumable)
-and ``summary.csv`` (mean and 95% bootstrap CI per method × task × metric). The notebooks (03, 04) and the command
-line call the same functions::
+Each setting writes ``<run_dir>/<setting>/``: ``cases_<method>[_<condition>].jsonl`` (one line per case, resumable;
+beside it ``….settings.json``, what the cases were scored with — a rerun with other settings is refused) and
+``summary.csv`` (mean and 95% bootstrap CI per method × task × metric). Training tasks are sampled from
+``cfg.split``, hold-out tasks from ``cfg.holdout_split`` (default ``all``: no multi-task editor saw any record of
+them). The notebooks (03, 04) and the command line call the same functions with the same configuration (built by
+:mod:`instructedit_utils.parameters` from the notebook's parameters cell, the profile and the overrides)::
 
     instructedit-eval multitask --profile cpu
     instructedit-eval unseen --profile cpu --descriptions my_descriptions.json
     instructedit-eval transfer --profile gpu -p single_task_steps=5000
+    instructedit-eval holdout --profile cpu --runs-dir /tmp/other_runs -p holdout_split=test
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from . import baselines
 from .baselines import EditingMethod, TrainedEditor
 from .config import ExperimentConfig, MethodConfig
 from .evaluation import evaluate_method, summarize, task_requests
+from .instructions import read_descriptions  # noqa: F401  (part of this module's API: external descriptions)
 from .runs import RunFolder
 
 SETTINGS = ("multitask", "holdout", "unseen", "transfer")
@@ -69,13 +74,14 @@ def _evaluate(cfg: ExperimentConfig, setting: str, methods: Mapping[str, Editing
     folder = RunFolder(Path(cfg.run_dir) / setting)
     out = []
     for name, method in methods.items():
-        requests = task_requests(tasks, cfg.split, cfg.sample_per_task, seed=cfg.seed,
+        described = description if method.use_instructions else None
+        requests = task_requests(tasks, cfg.splits(tasks), cfg.sample_per_task, seed=cfg.seed,
                                  instructions=method.use_instructions, data_dir=cfg.data_dir,
-                                 instruct_locality=cfg.instruct_locality,
-                                 description=description if method.use_instructions else None)
+                                 instruct_locality=cfg.instruct_locality, description=described)
         file = f"cases_{name}" + (f"_{condition}" if condition else "")
+        settings = cfg.case_settings(tasks, instructions=method.use_instructions, description=described)
         cases = evaluate_method(method, model, tokenizer, requests, run=folder, name=file, progress=progress,
-                                **cfg.score_kwargs())
+                                settings=settings, **cfg.score_kwargs())
         out += [{**c, "setting": setting, "condition": condition or "seen"} for c in cases]
     return out
 
@@ -96,46 +102,29 @@ def multitask(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Edi
 
 def holdout(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, EditingMethod] | None = None,
             progress: Callable | None = None) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """The same methods on ``cfg.holdout_tasks`` (ZsRE), which no editor saw in training."""
+    """The same methods on ``cfg.holdout_tasks`` (ZsRE), which no editor saw in training, sampled from
+    ``cfg.holdout_split`` (default: all of the task's records)."""
     methods = methods if methods is not None else load_methods(cfg, model, tokenizer)
     cases = _evaluate(cfg, "holdout", methods, model, tokenizer, cfg.holdout_tasks, progress=progress)
     return cases, _summary(cfg, "holdout", cases, ("method", "task"))
 
 
-def read_descriptions(path: str | Path, tasks: Sequence[str]) -> dict[str, list[str]]:
-    """External descriptions: JSON ``{task: [description, ...]}`` or a text file with one description per line
-    (used for every task). ``[LABEL]``/``[TOPIC]`` slots are filled per record (ConvSent)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No descriptions file {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        raw = json.loads(text)
-        if not isinstance(raw, dict) or not all(isinstance(v, list) and all(isinstance(d, str) and d.strip()
-                                                                            for d in v) for v in raw.values()):
-            raise ValueError(f"{path}: expected {{task: [non-empty description, ...]}}")
-        unknown = set(raw) - set(tasks)
-        if unknown:
-            raise ValueError(f"{path}: descriptions for tasks not evaluated here: {sorted(unknown)} "
-                             f"(tasks: {list(tasks)})")
-        return {t: [d.strip() for d in raw.get(t, [])] for t in tasks}
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"{path}: no descriptions (one per line)")
-    return {t: list(lines) for t in tasks}
-
-
 def unseen(cfg: ExperimentConfig, model, tokenizer, method: EditingMethod | None = None,
            descriptions: Mapping[str, Sequence[str]] | None = None, progress: Callable | None = None
            ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """An instructed editor (default: ``instructedit``) on all tasks (training + hold-out) with a seen description
-    (condition ``seen``), the held-out one (``held_out``) and each external description (``external<i>``)."""
-    method = method or load_methods(cfg, model, tokenizer, ["instructedit"])["instructedit"]
+    """An instructed editor (default: the one editor in ``cfg.methods``) on all tasks (training + hold-out) with a
+    seen description (condition ``seen``), the held-out one (``held_out``) and each external description
+    (``external<i>``, from ``descriptions`` or ``cfg.descriptions_file``)."""
+    if method is None:
+        if len(cfg.methods) != 1 or cfg.methods[0] == "base":
+            raise ValueError(f"The unseen-instruction setting tests one instructed editor; methods = "
+                             f"{list(cfg.methods)}")
+        method = load_methods(cfg, model, tokenizer)[cfg.methods[0]]
     if not method.use_instructions:
         raise ValueError(f"{method.name} was trained without instructions; the unseen-instruction setting needs "
                          "an instructed editor")
-    if descriptions is None and cfg.descriptions_file:
-        descriptions = read_descriptions(cfg.descriptions_file, cfg.tasks + cfg.holdout_tasks)
+    if descriptions is None:
+        descriptions = cfg.descriptions()
     tasks = tuple(dict.fromkeys(cfg.tasks + cfg.holdout_tasks))
     methods = {method.name: method}
     cases = []
@@ -206,44 +195,50 @@ def transfer_matrix(summary: pd.DataFrame, metric: str = "edit/acc", relative: b
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one evaluation setting with a profile's parameters (those of notebook 03 or 04), without the notebook."""
-    import yaml
-
-    from . import setup_torch
-    from .models import load_model
-    from .runner import notebook_parameters, notebook_path
+def build_parser() -> argparse.ArgumentParser:
+    from .parameters import add_arguments
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("setting", choices=SETTINGS)
-    parser.add_argument("--profile", default="cpu")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a parameter of the setting's notebook (YAML value)")
-    parser.add_argument("--descriptions", help="external descriptions file (unseen setting)")
+    add_arguments(parser, "the setting's notebook (03 for multitask/holdout, 04 for unseen/transfer)")
+    parser.add_argument("--descriptions", help="external descriptions file (unseen setting; = -p descriptions_file=…)")
     parser.add_argument("--train-only", nargs="*", metavar="EDITOR",
                         help="transfer: only train (or load) these single-task editors, e.g. mend-counterfact "
                              "(all when none are named), without evaluating (parallel training processes)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The configuration of ``instructedit-eval``: the one the setting's notebook builds for the same profile and
+    overrides (:func:`instructedit_utils.parameters.notebook_config`). Validates a descriptions file."""
+    from .parameters import config_from_args as notebook_config_from_args
+
+    extra = {"descriptions_file": args.descriptions} if args.descriptions else {}
+    return notebook_config_from_args(NOTEBOOKS[args.setting], args, extra)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one evaluation setting with a profile's parameters (those of notebook 03 or 04), without the notebook."""
+    from . import setup_torch
+    from .models import load_model
+
+    parser = build_parser()
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--param expects NAME=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
-    if args.descriptions:
-        overrides["descriptions_file"] = args.descriptions
-    params = notebook_parameters(notebook_path(NOTEBOOKS[args.setting]), args.profile, overrides)
-    cfg = ExperimentConfig.from_parameters(**params)
+    if args.train_only is not None and args.setting != "transfer":
+        parser.error("--train-only goes with the transfer setting")
+    try:
+        cfg = config_from_args(args)  # every parameter and the descriptions file are checked before a model loads
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
+        parser.error(str(exc.args[0]) if exc.args else str(exc))
     setup_torch(cfg.model.num_threads, cfg.seed)
     RunFolder(Path(cfg.run_dir) / args.setting).write_params({**cfg.to_dict(), "setting": args.setting})
-    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
-    model.requires_grad_(False)
     if args.train_only is not None:
-        if args.setting != "transfer":
-            parser.error("--train-only goes with the transfer setting")
         known = set(single_task_configs(cfg))
         if set(args.train_only) - known:
             parser.error(f"unknown single-task editor(s) {sorted(set(args.train_only) - known)}; have {sorted(known)}")
+    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    model.requires_grad_(False)
+    if args.train_only is not None:
         train_single_task_editors(cfg, model, tokenizer, progress=True, names=args.train_only)
         return 0
     _, summary = {"multitask": multitask, "holdout": holdout, "unseen": unseen, "transfer": transfer}[args.setting](

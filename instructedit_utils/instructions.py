@@ -20,11 +20,14 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, Sequence
 
 from .data import EditRecord, Probe
 
 SLOTS = {"[LABEL]": "target_sentiment", "[TOPIC]": "topic"}
 _UNFILLED = re.compile(r"\[(LABEL|TOPIC)\]")
+#: the slots each task's records can fill (other tasks' records have no topic or sentiment)
+TASK_SLOTS = {"convsent": frozenset(SLOTS)}
 
 
 @dataclass(frozen=True)
@@ -194,3 +197,55 @@ def pool_table(pool: InstructionPool | None = None) -> "pd.DataFrame":
             rows.append({"task": task, "index": i, "role": "held-out" if i == len(descs) - 1 else "seen",
                          "description": d})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# External descriptions (the unseen-instruction setting)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_description(text: Any, task: str, where: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{where}: a description must be a non-empty string, got {text!r}")
+    unfillable = {f"[{slot}]" for slot in _UNFILLED.findall(text)} - TASK_SLOTS.get(task, frozenset())
+    if unfillable:
+        raise ValueError(f"{where}: {sorted(unfillable)} cannot be filled from {task!r} records "
+                         f"(slots exist for: {', '.join(f'{t} {sorted(s)}' for t, s in TASK_SLOTS.items())})")
+    return text.strip()
+
+
+def read_descriptions(path: str | Path, tasks: Sequence[str]) -> dict[str, list[str]]:
+    """External descriptions, validated: JSON ``{task: [description, ...]}`` (tasks among ``tasks``) or a text file
+    with one description per line (used for every task). ``[LABEL]``/``[TOPIC]`` slots are filled per record, so
+    they may appear only for tasks whose records have them (ConvSent). Every error names the file and the
+    offending key, entry or line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No descriptions file {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object {{task: [description, ...]}}, got "
+                             f"{type(raw).__name__}")
+        out: dict[str, list[str]] = {t: [] for t in tasks}
+        for key, value in raw.items():
+            if key not in tasks:
+                raise ValueError(f"{path}: key {key!r} is not a task evaluated here (tasks: {list(tasks)})")
+            if not isinstance(value, list) or not value:
+                raise ValueError(f"{path}: {key!r} must be a non-empty list of descriptions, got {value!r}")
+            out[key] = [_check_description(d, key, f"{path}: {key}[{i}]") for i, d in enumerate(value)]
+        return out
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: no descriptions (one per line)")
+    for n, line in lines:
+        for task in tasks:
+            _check_description(line, task, f"{path} line {n} (used for every task)")
+    return {t: [line for _, line in lines] for t in tasks}

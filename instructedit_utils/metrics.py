@@ -5,9 +5,14 @@
   rephrases, Portability = on portability prompts against their answers.
 * **Locality** (:func:`locality_agreement`): the share of answer tokens of a locality prompt where the edited
   model's argmax equals the unedited model's.
-* **Fluency** (:func:`ngram_entropy`): weighted bigram/trigram entropy (bits) of generated text, as in ROME/EasyEdit,
-  ``mean(2/3·H₂, 4/3·H₃) = H₂/3 + 2·H₃/3``. Words are split with a regex (``\\w+`` or one punctuation mark)
-  instead of NLTK's tokenizer.
+* **Fluency** (:func:`fluency`): weighted bigram/trigram entropy (bits) of generated text, as in ROME/EasyEdit,
+  ``mean(2/3·H₂, 4/3·H₃) = H₂/3 + 2·H₃/3`` (:func:`ngram_entropy`), of the **generated continuation only**.
+  Words are split with a regex (``\\w+`` or one punctuation mark) instead of NLTK's tokenizer. A continuation of
+  fewer than :data:`FLUENCY_MIN_WORDS` words (the model ended its answer at once) has no trigram, hence no entropy:
+  it counts as *empty* (``fluency/empty`` = 1) and gets no ``fluency/entropy``, so Fluency is the mean over
+  non-empty continuations and the share of empty ones is reported beside it. (ROME scores prompt + continuation;
+  there an empty continuation scores the prompt's own entropy, which on short answers such as ZsRE's measured
+  mostly the prompt.)
 * **ConvSent sentiment success** (:func:`sentiment_success`): offline, without a sentiment classifier. For the
   question about the topic we compare the mean per-token log-likelihood of each response of the *target* sentiment
   with each response of the *opposite* sentiment (both from the dataset); success is the share of (target,
@@ -171,6 +176,17 @@ _WORDS = re.compile(r"\w+|[^\w\s]")
 def ngrams(text: str, n: int) -> Counter:
     words = _WORDS.findall(text)
     return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+FLUENCY_MIN_WORDS = 3  # fewer words have no trigram: the continuation counts as empty
+
+
+def fluency(continuation: str) -> dict[str, float]:
+    """``fluency/empty`` (1.0 when the continuation has fewer than :data:`FLUENCY_MIN_WORDS` words, else 0.0) and,
+    for a non-empty continuation, ``fluency/entropy`` (:func:`ngram_entropy` of the continuation alone)."""
+    if len(_WORDS.findall(continuation)) < FLUENCY_MIN_WORDS:
+        return {"fluency/empty": 1.0}
+    return {"fluency/empty": 0.0, "fluency/entropy": ngram_entropy(continuation)}
 
 
 def ngram_entropy(text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)) -> float:

@@ -51,3 +51,26 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def display_path(path: str | os.PathLike | None) -> str | None:
+    """A path as a reader of the book should see it: relative to the project root when inside it, else with the
+    home folder as ``~`` (no machine-specific prefixes on a rendered page)."""
+    if path is None:
+        return None
+    p = Path(path).expanduser().resolve()
+    try:
+        return p.relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        pass
+    try:
+        return "~/" + p.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """``path`` as an absolute path; a relative one is taken relative to the project root (where the book runner
+    executes the notebooks), so a notebook and a command line started elsewhere mean the same folder."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p

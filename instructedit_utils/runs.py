@@ -1,10 +1,17 @@
 """Run folders: every notebook reads and writes its artifacts under one folder.
 
 Layout: ``params.json`` (the config), ``<name>.jsonl`` (one JSON line per case, appended as cases finish so an
-interrupted run resumes without redoing them), ``<name>_summary.csv`` (aggregates).
+interrupted run resumes without redoing them), ``<name>.settings.json`` (everything that changes those cases'
+numbers, see :meth:`RunFolder.check_settings`), ``<name>_summary.csv`` (aggregates).
+
+A case file only ever holds cases of one set of settings: each case line carries the digest of its settings, and
+resuming with other settings is an error naming the file and every differing field (delete the file or use another
+run folder). The run folder is not keyed by the settings on purpose: a notebook and its command-line twin must find
+each other's cases, and an experiment that changed must say so rather than land silently next to the old one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -36,6 +43,34 @@ def _clean(value: Any) -> Any:
 
 def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
     return "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows)
+
+
+class SettingsMismatch(ValueError):
+    """Cases in a run folder were scored with other settings than the ones asked for now."""
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """A short, order-independent digest of JSON-able settings."""
+    text = json.dumps(_clean(settings), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one flat dict with slash keys (``{"a": {"b": 1}}`` → ``{"a/b": 1}``)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``field: old → new`` for every field that differs (slash keys; ``—`` where a side lacks the field)."""
+    a, b = flatten(_clean(old)), flatten(_clean(new))
+    return [f"{k}: {json.dumps(a[k]) if k in a else '—'} → {json.dumps(b[k]) if k in b else '—'}"
+            for k in sorted(set(a) | set(b)) if a.get(k, ...) != b.get(k, ...)]
 
 
 class RunFolder:
@@ -91,6 +126,37 @@ class RunFolder:
             fh.write(_jsonl(cases))
             fh.flush()
             os.fsync(fh.fileno())
+
+    def settings_path(self, name: str) -> Path:
+        return self.path / f"{name}.settings.json"
+
+    def check_settings(self, name: str, settings: dict[str, Any]) -> str:
+        """Make sure the cases of ``<name>.jsonl`` belong to ``settings``; return their digest.
+
+        No cases yet: the settings are recorded (``<name>.settings.json``). Cases there: they must carry the same
+        digest, else :class:`SettingsMismatch` names the file and each differing field. Cases without a settings
+        record (an older version wrote them) are refused too: what they were scored with is unknown."""
+        digest = settings_digest(settings)
+        rows = self.read_cases(name)
+        path, cases = self.settings_path(name), self.cases_path(name)
+        if not rows:
+            _atomic_write_text(path, json.dumps({"digest": digest, "settings": _clean(settings)}, indent=2,
+                                                ensure_ascii=False, sort_keys=True))
+            return digest
+        hint = f"delete {cases} (and {path.name}) or use another run folder (run_dir / --runs-dir)"
+        if not path.is_file():
+            raise SettingsMismatch(f"{cases} holds {len(rows)} cases but no record of the settings they were scored "
+                                   f"with ({path.name} is missing, an older version wrote them); {hint}")
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("digest") != digest:
+            diff = settings_diff(stored.get("settings", {}), settings)
+            raise SettingsMismatch(f"{cases} holds cases scored with other settings — " + "; ".join(diff) +
+                                   f". To score with the new settings, {hint}")
+        strays = sorted({str(r.get("settings")) for r in rows} - {digest})
+        if strays:
+            raise SettingsMismatch(f"{cases} holds cases of other settings (digests {strays}, the record says "
+                                   f"{digest}); {hint}")
+        return digest
 
     def write_table(self, name: str, table: pd.DataFrame) -> Path:
         path = self.path / f"{name}.csv"

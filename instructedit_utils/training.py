@@ -610,39 +610,46 @@ def live_edits(model, tokenizer, editors: dict[str, MendEditor], records: Sequen
 NOTEBOOK = "02_editor_training"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Train the editors of notebook 02 with a profile's parameters, without the notebook."""
-    import yaml
+def build_parser() -> argparse.ArgumentParser:
+    from .parameters import add_arguments
 
-    from . import setup_torch
-    from .config import ExperimentConfig
-    from .models import load_model
-    from .runner import notebook_parameters, notebook_path
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--profile", default="cpu")
+    parser = argparse.ArgumentParser(description="Train the editors of notebook 02 with a profile's parameters, "
+                                                 "without the notebook (same configuration, same run folder).")
+    add_arguments(parser, "notebook 02")
     parser.add_argument("--editor", action="append",
                         help="which editor(s) to train: instructedit, mend, or with --single-task e.g. "
                              "instructedit-counterfact (default: all)")
     parser.add_argument("--single-task", action="store_true",
                         help="train one editor per training task (instructions on and off) instead")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a parameter of notebook 02 (YAML value)")
     parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """The configuration notebook 02 builds for the same profile and overrides."""
+    from .parameters import config_from_args as notebook_config_from_args
+
+    return notebook_config_from_args(NOTEBOOK, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train the editors of notebook 02 with a profile's parameters, without the notebook."""
+    from . import setup_torch
+    from .models import load_model
+
+    parser = build_parser()
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.param:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    params = notebook_parameters(notebook_path(NOTEBOOK), args.profile, overrides)
-    cfg = ExperimentConfig.from_parameters(**params)
-    setup_torch(cfg.model.num_threads, cfg.seed)
-    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    try:
+        cfg = config_from_args(args)
+    except (KeyError, ValueError, TypeError) as exc:
+        parser.error(str(exc.args[0]) if exc.args else str(exc))
     configs = ({**cfg.single_task_configs(True), **cfg.single_task_configs(False)} if args.single_task
                else cfg.editor_configs())
     unknown = set(args.editor or ()) - set(configs)
     if unknown:
         parser.error(f"unknown editor(s) {sorted(unknown)}; choose from {sorted(configs)}")
+    setup_torch(cfg.model.num_threads, cfg.seed)
+    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
     for name, method in configs.items():
         if args.editor and name not in args.editor:
             continue

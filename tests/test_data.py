@@ -159,3 +159,87 @@ def test_env_override_reads_other_folder(monkeypatch, tmp_path):
     monkeypatch.setenv(DATA_ENV, str(tmp_path))
     recs = load_task("zsre", "all")
     assert len(recs) == 3 and recs[0].target_new == "A" and recs[0].portability[0].answers == ("PA",)
+
+
+ZSRE_MEND = {"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?", "pred": "x",
+             "rephrase": "What university did Watts Humphrey take part in?", "alt": "University of Michigan",
+             "answers": ["Illinois Institute of Technology"], "loc": "nq question: who wrote the iliad",
+             "loc_ans": "Homer", "cond": "",
+             "portability": {"New Question": "In which state is the university Watts Humphrey attended?",
+                             "New Answer": "Michigan"}}
+ZSRE_KNOWEDIT = {
+    "subject": "Epaspidoceras", "target_new": "Noctuidae", "prompt": "Which family does Epaspidoceras belong to?",
+    "ground_truth": ["Aspidoceratidae"], "rephrase_prompt": "What family are Epaspidoceras?", "cond": "",
+    "locality": {"Relation_Specificity": [{"prompt": "The taxon rank of Epaspidoceras is", "ground_truth": ["genus"]},
+                                          {"prompt": "Epaspidoceras taxon rank", "ground_truth": ["genus"]}]},
+    "portability": {"Reasoning": [{"prompt": "What is the common name for the family Epaspidoceras belongs to?",
+                                   "ground_truth": "Owlet moths"}],
+                    "Subject_Aliasing": [{"prompt": "Which family does Epaspidoceras (genus) belong to?",
+                                          "ground_truth": [["Noctuidae", "owlet moths"]]}]},
+}
+
+
+def test_zsre_layouts_are_detected_per_file_and_keep_every_probe():
+    mend = parse_records("zsre", [ZSRE_MEND], "zsre/mend.json").records[0]
+    assert (mend.prompt, mend.target_new, mend.rephrases) == (ZSRE_MEND["src"], ZSRE_MEND["alt"],
+                                                              (ZSRE_MEND["rephrase"],))
+    assert [(p.prompt, p.answers) for p in mend.locality] == [("nq question: who wrote the iliad", ("Homer",))]
+    assert mend.portability[0].answers == ("Michigan",)
+    ke = parse_records("zsre", [ZSRE_KNOWEDIT], "zsre/ZsRE-test-all.json").records[0]
+    assert (ke.prompt, ke.target_new, ke.ground_truth) == (ZSRE_KNOWEDIT["prompt"], "Noctuidae", ("Aspidoceratidae",))
+    assert ke.rephrases == ("What family are Epaspidoceras?",)
+    assert [p.prompt for p in ke.locality] == ["The taxon rank of Epaspidoceras is", "Epaspidoceras taxon rank"]
+    assert [(p.kind, p.answers) for p in ke.portability] == [("Reasoning", ("Owlet moths",)),
+                                                             ("Subject_Aliasing", ("Noctuidae", "owlet moths"))]
+
+
+def test_zsre_layout_errors_name_file_and_record():
+    with pytest.raises(RecordError, match=r"zsre/mixed\.json record 1: missing field 'src'"):
+        parse_records("zsre", [ZSRE_MEND, ZSRE_KNOWEDIT], "zsre/mixed.json")
+    with pytest.raises(RecordError, match=r"z\.json record 0: fields \['a'\] match no zsre layout"):
+        parse_records("zsre", [{"a": 1}], "z.json")
+
+
+def test_knowedit_zsre_file_is_found_and_loaded(monkeypatch, tmp_path):
+    from instructedit_utils.data import data_fingerprint, task_file
+
+    (tmp_path / "zsre").mkdir()
+    (tmp_path / "zsre" / "ZsRE-test-all.json").write_text(json.dumps([ZSRE_KNOWEDIT] * 4))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    assert task_file("zsre", "eval") == "zsre/ZsRE-test-all.json"
+    recs = load_task("zsre", "all")
+    assert len(recs) == 4 and len(recs[0].locality) == 2 and recs[0].source == "zsre/ZsRE-test-all.json"
+    assert list(data_fingerprint({"zsre": "all"})) == ["zsre/ZsRE-test-all.json"]
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "zsre"))  # a folder without the layout
+    with pytest.raises(FileNotFoundError, match="No zsre file .*zsre_mend_eval_portability_gpt4.json"):
+        load_task("zsre", "all")
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("wiki_recent/recent_train.json", '[{"subject": "a",}]', r"recent_train\.json: invalid JSON at line 1 column"),
+    ("wiki_recent/recent_train.json", '{"subject": "a"}', r"recent_train\.json: expected a JSON array"),
+    ("wiki_recent/recent_train.json", '[{"subject": "a"}, 3]', r"recent_train\.json record 1: expected an object"),
+    ("wiki_counterfact/DERIVED_wiki_counterfact_test_cf-generate-10.jsonl", '{"a": 1}\n{"a": \n',
+     r"generate-10\.jsonl line 2 \(record 1\): invalid JSON"),
+])
+def test_data_file_parse_errors_name_the_file(monkeypatch, tmp_path, name, text, message):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    task = "recent" if "recent" in name else "counterfact"
+    with pytest.raises(RecordError, match=message):
+        load_task(task, "test")
+
+
+def test_data_fingerprint_follows_file_contents(monkeypatch, tmp_path):
+    from instructedit_utils.data import data_fingerprint
+
+    (tmp_path / "wiki_recent").mkdir()
+    path = tmp_path / "wiki_recent" / "recent_train.json"
+    path.write_text(json.dumps([cf_row()]))
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    first = data_fingerprint({"recent": "test"})
+    assert first == data_fingerprint({"recent": "val"}) and list(first) == ["wiki_recent/recent_train.json"]
+    path.write_text(json.dumps([cf_row(target_new="Peru")]))
+    assert data_fingerprint({"recent": "test"}) != first

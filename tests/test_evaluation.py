@@ -1,9 +1,13 @@
+import json
+import math
+
 import pytest
 import torch
 
 from instructedit_utils import evaluation
-from instructedit_utils.evaluation import build_requests, evaluate_unedited, score_requests, summarize, wide_table
-from instructedit_utils.runs import RunFolder
+from instructedit_utils.evaluation import (build_requests, evaluate_unedited, is_fraction, metric_label, score_requests,
+                                         summarize, wide_table)
+from instructedit_utils.runs import RunFolder, SettingsMismatch
 
 
 def test_score_requests_keys_and_ranges(tiny_llama, cf_records, convsent_records):
@@ -38,23 +42,57 @@ def test_locality_against_reference(tiny_llama, cf_records):
     assert any(c["loc/acc"] < 1.0 for c in other)
 
 
+def _interrupt(run, name, keep):
+    """Simulate a run killed after ``keep`` cases: keep those lines and a torn half line after them."""
+    path = run.cases_path(name)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:keep]) + '{"case_id": "torn')
+
+
 def test_evaluate_unedited_resumes(tmp_path, tiny_gpt2, cf_records, convsent_records, monkeypatch):
     model, tok = tiny_gpt2
     reqs = build_requests(cf_records + convsent_records, instructions=False)
     run = RunFolder(tmp_path / "run")
-    first = evaluate_unedited(model, tok, reqs[:2], run=run, chunk=1)
-    assert len(first) == 2
+    first = evaluate_unedited(model, tok, reqs, run=run, chunk=1)
+    assert len(first) == 4 and all(c["settings"] == first[0]["settings"] for c in first)
+    _interrupt(run, "base_cases", 2)
     calls = []
     real = evaluation.score_requests
     monkeypatch.setattr(evaluation, "score_requests", lambda m, t, r, **kw: calls.append(len(r)) or real(m, t, r, **kw))
-    # simulate a kill mid-write: a torn last line is ignored
-    with open(run.cases_path("base_cases"), "a") as fh:
-        fh.write('{"case_id": "torn')
     allc = evaluate_unedited(model, tok, reqs, run=run, chunk=10)
-    assert calls == [2]  # only the two unfinished cases were scored
+    assert calls == [2]  # only the two unfinished cases were scored; the torn line was dropped
     assert [c["case_id"] for c in allc] == [r.case_id for r in reqs]
+    assert allc == first
     assert len(run.read_cases("base_cases")) == 4
     assert evaluate_unedited(model, tok, reqs, run=run) == allc and calls == [2]
+
+
+def test_resume_with_other_settings_is_refused_naming_file_and_fields(tmp_path, tiny_gpt2, cf_records):
+    model, tok = tiny_gpt2
+    reqs = build_requests(cf_records, instructions=False)
+    run = RunFolder(tmp_path / "run")
+    settings = {"model": {"name": "tiny-gpt2"}, "sample_per_task": 2, "data": {"f.json": "aaaa"}}
+    evaluate_unedited(model, tok, reqs, run=run, settings=settings, max_probes=3)
+    assert json.loads(run.settings_path("base_cases").read_text())["settings"]["scoring"]["max_probes"] == 3
+    # the same settings resume (nothing to do); any changed field is refused, every changed field is named
+    assert len(evaluate_unedited(model, tok, reqs, run=run, settings=settings, max_probes=3)) == 2
+    changed = {**settings, "sample_per_task": 5, "data": {"f.json": "bbbb"}}
+    with pytest.raises(SettingsMismatch) as err:
+        evaluate_unedited(model, tok, reqs, run=run, settings=changed, max_probes=2)
+    msg = str(err.value)
+    assert str(run.cases_path("base_cases")) in msg
+    for field in ("sample_per_task: 2 → 5", 'data/f.json: "aaaa" → "bbbb"', "scoring/max_probes: 3 → 2"):
+        assert field in msg
+    assert "model" not in msg.split("—")[1]  # unchanged fields are not listed
+    with pytest.raises(SettingsMismatch, match="requests"):  # other requests (e.g. instructions on) are refused
+        evaluate_unedited(model, tok, build_requests(cf_records, instructions=True), run=run, settings=settings,
+                          max_probes=3)
+    with pytest.raises(SettingsMismatch, match="fluency_max_new_tokens: 0 → 4"):
+        evaluate_unedited(model, tok, reqs, run=run, settings=settings, max_probes=3, fluency_max_new_tokens=4)
+    # a case file without a settings record (an older version) is refused, not trusted
+    run.settings_path("base_cases").unlink()
+    with pytest.raises(SettingsMismatch, match="no record of the settings"):
+        evaluate_unedited(model, tok, reqs, run=run, settings=settings, max_probes=3)
 
 
 def test_summarize_and_table_on_known_values():
@@ -114,11 +152,30 @@ def test_base_metrics_are_labelled_and_scaled():
     assert tab.loc["t", "Base Reliability"] == "50.0 ± 0.0" and tab.loc["t", "Reliability"] == "100.0 ± 0.0"
 
 
-def test_fluency_ignores_the_instruction_text(tiny_llama, cf_records):
+def test_fluency_scores_the_continuation_only(tiny_llama, cf_records, monkeypatch):
     from instructedit_utils.metrics import ngram_entropy
 
     model, tok = tiny_llama
     req = build_requests(cf_records[:1], instructions=True, seed=0)[0]
-    case = score_requests(model, tok, [req], fluency_max_new_tokens=4)[0][0]
     assert req.prompt != req.record.prompt
-    assert case["fluency/entropy"] == ngram_entropy(req.record.prompt + case["generation"])
+    for text, empty in (("the cat sat on the mat . the cat", 0.0), ("", 1.0), ("Paris .", 1.0), ("Paris is", 1.0),
+                        ("Paris is big", 0.0)):
+        monkeypatch.setattr(evaluation, "generate", lambda *a, **k: [text])
+        case = score_requests(model, tok, [req], fluency_max_new_tokens=4)[0][0]
+        assert case["generation"] == text and case["fluency/empty"] == empty
+        if empty:
+            assert "fluency/entropy" not in case  # an empty continuation has no Fluency (not the prompt's)
+        else:
+            assert case["fluency/entropy"] == ngram_entropy(text)
+    # 3 distinct bigrams (log2 3 bits) and 2 distinct trigrams (1 bit), weighted 2/3 and 4/3
+    assert ngram_entropy("a b c d") == pytest.approx((2 / 3 * math.log2(3) + 4 / 3 * 1.0) / 2)
+
+
+def test_fluency_and_empty_share_summarised():
+    cases = [{"task": "t", "fluency/empty": 1.0}, {"task": "t", "fluency/empty": 0.0, "fluency/entropy": 3.0}]
+    s = summarize(cases, n_boot=10).set_index("metric")
+    assert s.loc["fluency/empty", "mean"] == 0.5 and s.loc["fluency/entropy", "n"] == 1
+    assert is_fraction("fluency/empty") and metric_label("fluency/empty") == "Empty generations"
+    # a group whose continuations were all empty has no Fluency row; columns keep the metrics' own order
+    two = summarize([{**c, "task": "u"} for c in cases[:1]] + cases, n_boot=10)
+    assert list(wide_table(two).columns) == ["Fluency", "Empty generations"]

@@ -1,4 +1,5 @@
 """The evaluation harness: registry, split scoring == plain scoring, resume, instruction switch, aggregation."""
+import dataclasses
 import json
 
 import pandas as pd
@@ -12,7 +13,7 @@ from instructedit_utils.evaluation import build_requests, evaluate_method, paire
 from instructedit_utils.editor import FullForward
 from instructedit_utils.forward import SplitForward, score_split
 from instructedit_utils.metrics import encode_pair, score_encoded
-from instructedit_utils.runs import RunFolder
+from instructedit_utils.runs import RunFolder, SettingsMismatch
 
 
 def _editor(model, instructions=True, edit_lr=3.0):
@@ -101,7 +102,9 @@ def test_harness_resumes_without_redoing_cases_and_refuses_another_editor(tiny_l
     reqs = build_requests(cf_records, instructions=True, seed=0)
     method = baselines.build("mend", model, tok, editor=_editor(model))
     run = RunFolder(tmp_path)
-    first = evaluate_method(method, model, tok, reqs[:1], run=run, chunk=1)
+    first = evaluate_method(method, model, tok, reqs, run=run, chunk=1)
+    path = run.cases_path("cases_tiny")  # killed after the first case
+    path.write_text(path.read_text().splitlines(keepends=True)[0])
     edits = []
     real = method.edited
 
@@ -113,7 +116,7 @@ def test_harness_resumes_without_redoing_cases_and_refuses_another_editor(tiny_l
     cases = evaluate_method(method, model, tok, reqs, run=run, chunk=1)
     assert edits == [reqs[1].case_id]  # the finished case was not redone
     assert [c["case_id"] for c in cases] == [r.case_id for r in reqs]
-    assert cases[0] == first[0]
+    assert cases == first  # resumed cases equal an uninterrupted run's
     assert len(run.read_cases("cases_tiny")) == len(reqs)
     other = baselines.build("mend", model, tok, editor=_editor(model, edit_lr=1.0))
     with pytest.raises(ValueError, match="cases of another editor"):
@@ -175,9 +178,67 @@ def test_external_descriptions_file(tmp_path):
     txt = tmp_path / "d.txt"
     txt.write_text("First wording\n\nSecond wording\n")
     assert experiments.read_descriptions(txt, ("zsre",)) == {"zsre": ["First wording", "Second wording"]}
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"nope": ["x"]}))
-    with pytest.raises(ValueError, match="bad.json"):
-        experiments.read_descriptions(bad, ("zsre",))
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         experiments.read_descriptions(tmp_path / "missing.txt", ("zsre",))
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("d.json", json.dumps({"_about": "notes", "zsre": ["x"]}), r"d\.json: key '_about' is not a task evaluated here"),
+    ("d.json", json.dumps({"zsre": "one wording"}), r"d\.json: 'zsre' must be a non-empty list"),
+    ("d.json", json.dumps({"zsre": ["ok", " "]}), r"d\.json: zsre\[1\]: a description must be a non-empty string"),
+    ("d.json", json.dumps({"zsre": ["Say [LABEL] things"]}), r"d\.json: zsre\[0\]: \['\[LABEL\]'\] cannot be filled"),
+    ("d.json", json.dumps({"convsent": ["Talk about [TOPIC] in a [LABEL] way"], "zsre": [3]}),
+     r"d\.json: zsre\[0\]: a description must be"),
+    ("d.json", '{"zsre": ["a",]}', r"d\.json: invalid JSON at line 1 column"),
+    ("d.json", json.dumps(["a"]), r"d\.json: expected a JSON object"),
+    ("d.txt", "fine\nabout [TOPIC]\n", r"d\.txt line 2 \(used for every task\): \['\[TOPIC\]'\] cannot be filled"),
+    ("d.txt", "\n \n", r"d\.txt: no descriptions"),
+])
+def test_descriptions_file_errors_name_the_key_or_entry(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        experiments.read_descriptions(path, ("convsent", "zsre"))
+    with pytest.raises(ValueError, match=message):  # the config checks the file when it is built
+        ExperimentConfig(run_dir=str(tmp_path / "run"), tasks=("convsent",), descriptions_file=str(path))
+
+
+def test_holdout_tasks_are_drawn_from_their_whole_file_by_default(tmp_path, monkeypatch, tiny_llama, cf_records):
+    model, tok = tiny_llama
+    cfg = ExperimentConfig(run_dir=str(tmp_path), tasks=("counterfact", "recent"), sample_per_task=2)
+    assert cfg.splits(("counterfact", "zsre")) == {"counterfact": "test", "zsre": "all"}
+    assert ExperimentConfig(run_dir=str(tmp_path), holdout_split="test").split_of("zsre") == "test"
+    with pytest.raises(ValueError, match="Hold-out task 'zsre' has no split 'nope'"):
+        ExperimentConfig(run_dir=str(tmp_path), holdout_split="nope")
+    asked = []
+
+    def fake_requests(tasks, split, n, **kw):
+        asked.append(dict(split))
+        return build_requests(cf_records, instructions=kw["instructions"], seed=0)
+
+    monkeypatch.setattr(experiments, "task_requests", fake_requests)
+    monkeypatch.setattr(ExperimentConfig, "case_settings", lambda self, tasks, **kw: {"splits": self.splits(tasks)})
+    experiments.holdout(cfg, model, tok, {"base": baselines.build("base", model, tok)})
+    experiments.multitask(cfg, model, tok, {"base": baselines.build("base", model, tok)})
+    assert asked == [{"zsre": "all"}, {"counterfact": "test", "recent": "test"}]
+
+
+def test_experiment_rerun_with_other_settings_is_refused(tmp_path, monkeypatch, tiny_llama, cf_records,
+                                                        shared_data):
+    model, tok = tiny_llama
+    monkeypatch.setattr(experiments, "task_requests",
+                        lambda tasks, split, n, **kw: build_requests(cf_records, instructions=kw["instructions"],
+                                                                     seed=0))
+    methods = {"base": baselines.build("base", model, tok)}
+    cfg = ExperimentConfig(run_dir=str(tmp_path), tasks=("counterfact",), sample_per_task=2, fluency_max_new_tokens=0)
+    first, _ = experiments.multitask(cfg, model, tok, methods)
+    again, _ = experiments.multitask(cfg, model, tok, methods)  # same settings: resumed, nothing redone
+    assert again == first
+    stored = json.loads((tmp_path / "multitask" / "cases_base.settings.json").read_text())["settings"]
+    assert stored["splits"] == {"counterfact": "test"} and stored["model"]["name"] == "smollm2-135m"
+    assert "wiki_counterfact/DERIVED_wiki_counterfact_test_cf-generate-10.jsonl" in stored["data"]
+    changed = dataclasses.replace(cfg, sample_per_task=3, max_probes=1)
+    with pytest.raises(SettingsMismatch) as err:
+        experiments.multitask(changed, model, tok, methods)
+    assert "cases_base.jsonl" in str(err.value)
+    assert "sample_per_task: 2 → 3" in str(err.value) and "scoring/max_probes: 3 → 1" in str(err.value)

@@ -8,7 +8,8 @@ import nbformat
 import pytest
 import yaml
 
-from instructedit_utils import runner
+from instructedit_utils import parameters
+from instructedit_utils.config import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,9 +38,9 @@ def test_environment_yml_matches_pyproject_pins():
 def test_every_notebook_is_in_the_toc_and_well_formed():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [c["file"] for c in toc["chapters"]]
-    names = [p.stem for p in runner.notebooks()]
+    names = [p.stem for p in parameters.notebooks()]
     assert names and files == [f"book/executed/{n}" for n in names]
-    for path in runner.notebooks():
+    for path in parameters.notebooks():
         nb = nbformat.read(path, as_version=4)
         assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
         assert "**Overview.**" in nb.cells[0].source
@@ -49,18 +50,18 @@ def test_every_notebook_is_in_the_toc_and_well_formed():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks unexecuted"
 
 
-@pytest.mark.parametrize("profile", runner.PROFILES)
+@pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_only_set_declared_parameters(profile):
-    for path in runner.notebooks():
-        params = runner.notebook_parameters(path, profile)
+    for path in parameters.notebooks():
+        params = parameters.notebook_parameters(path, profile)
         assert params["profile"] == profile and params["run_dir"].endswith(f"{profile}/{path.stem}")
-        assert set(params) <= runner.declared_parameters(path)
+        assert set(params) <= parameters.declared_parameters(path)
 
 
 def test_unknown_override_is_rejected():
-    path = runner.notebooks()[0]
+    path = parameters.notebooks()[0]
     with pytest.raises(KeyError, match="has no parameter"):
-        runner.notebook_parameters(path, "ci", {"no_such_parameter": 1})
+        parameters.notebook_parameters(path, "ci", {"no_such_parameter": 1})
 
 
 def test_no_task_data_is_committed():
