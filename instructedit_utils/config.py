@@ -64,6 +64,7 @@ class ExperimentConfig:
     length_sample_per_task: int | None = 300  # records per task for token-length statistics
     live_edits: int = 3  # example edits shown before/after in the training chapter
     method: "MethodConfig | None" = None  # the editor and its training (notebooks that train/use editors)
+    gradients: "GradientConfig | None" = None  # editing-gradient collection and analysis (chapter 5)
     # --- evaluation settings (notebooks 03/04, instructedit-eval) ---
     editors_dir: str | None = None  # trained editors (default: the sibling run folder 02_editor_training)
     methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base" or editor folders in editors_dir
@@ -79,6 +80,8 @@ class ExperimentConfig:
             self.model = ModelConfig(**self.model)
         if isinstance(self.method, dict):
             self.method = MethodConfig.from_dict(self.method)
+        if isinstance(self.gradients, dict):
+            self.gradients = GradientConfig(**self.gradients)
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         self.tasks = tuple(self.tasks)
@@ -124,11 +127,14 @@ class ExperimentConfig:
                         num_threads: int | None = 1, edit_layers=None, **fields) -> "ExperimentConfig":
         """Build from a notebook's flat ``parameters`` cell: ``model_name``/``device``/``dtype``/``num_threads``/
         ``edit_layers`` go to :class:`ModelConfig`; names of :class:`MethodConfig` fields (and ``train_tasks`` for
-        its ``tasks``) go to a :class:`MethodConfig` seeded with ``seed``; the rest to this class. Without ``tasks``,
+        its ``tasks``) go to a :class:`MethodConfig` seeded with ``seed``; names of :class:`GradientConfig` fields
+        to a :class:`GradientConfig`; the rest to this class. Without ``tasks``,
         the tasks evaluated are the training tasks. Unknown names are an error."""
         own = {f.name for f in dataclasses.fields(cls)}
         method_names = {f.name for f in dataclasses.fields(MethodConfig)} - own - {"name"}
         method_fields = {k: fields.pop(k) for k in list(fields) if k in method_names}
+        gradient_names = {f.name for f in dataclasses.fields(GradientConfig)} - own
+        gradient_fields = {k: fields.pop(k) for k in list(fields) if k in gradient_names}
         if "train_tasks" in fields:
             method_fields["tasks"] = fields.pop("train_tasks")
             fields.setdefault("tasks", method_fields["tasks"])
@@ -139,6 +145,8 @@ class ExperimentConfig:
                             edit_layers=edit_layers)
         if method_fields:
             fields["method"] = MethodConfig(seed=fields.get("seed", 0), **method_fields)
+        if gradient_fields:
+            fields["gradients"] = GradientConfig(**gradient_fields)
         return cls(model=model, **fields)
 
     def editor_configs(self) -> dict[str, "MethodConfig"]:
@@ -182,6 +190,38 @@ class ExperimentConfig:
                     fluency_max_new_tokens=self.fluency_max_new_tokens)
 
 
+@dataclass
+class GradientConfig:
+    """How editing gradients ("editing areas", chapter 5) are collected and analysed.
+
+    Each edit's transformed gradient ``G̃ = Σ_t δ̃_t ũ_tᵀ`` of an edited matrix is stored as a seeded random sketch of
+    ``sketch_dim`` numbers (``p_i = a_iᵀ G̃ b_i / √k`` with Gaussian ``a_i``, ``b_i``: inner products of ``G̃`` are kept in
+    expectation, computed from the factors without forming ``G̃``) plus its exact Frobenius norm; see
+    :mod:`instructedit_utils.gradients`.
+    """
+
+    sketch_dim: int = 2048  # random features per edited matrix
+    sketch_seed: int = 0
+    matrices: tuple[str, ...] | None = None  # edited matrices whose areas are analysed (None: all of them)
+    single_task: bool = True  # also the single-task editors of chapter 4 (each task through its own editor)
+    edit_batch: int = 16  # edits whose gradients one batched forward/backward pass computes
+    tsne_perplexity: float = 30.0
+    knn: int = 10  # neighbours for the k-nearest-neighbour task purity
+    n_boot: int = 1000  # bootstrap resamples of records for the CIs
+    n_permutations: int = 200  # label permutations for the "no separation" control
+
+    def __post_init__(self):
+        for name in ("sketch_dim", "edit_batch", "knn", "n_boot", "n_permutations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GradientConfig.{name} must be >= 1")
+        if not self.tsne_perplexity > 0:
+            raise ValueError("GradientConfig.tsne_perplexity must be > 0")
+        if self.matrices is not None:
+            self.matrices = tuple(self.matrices)
+            if not self.matrices:
+                raise ValueError("GradientConfig.matrices is empty (None: every edited matrix)")
+
+
 PATH_FIELDS = ("run_dir", "data_dir", "editors_dir", "descriptions_file")
 
 
@@ -192,7 +232,7 @@ def config_table(config: "ExperimentConfig | MethodConfig") -> "pd.DataFrame":
 
     rows = []
     for key, value in config.to_dict().items():
-        if key == "method":
+        if key in ("method", "gradients"):
             continue
         if isinstance(value, dict) and key == "model":
             rows += [(f"model/{k}", v) for k, v in value.items()]

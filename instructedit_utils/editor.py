@@ -158,10 +158,12 @@ def edit_targets(model: nn.Module, layers: Sequence[int] | None = None) -> list[
 @dataclass
 class Factors:
     """Per-token gradient factors of one edited matrix: layer inputs ``u`` [T, in] and output gradients ``delta``
-    [T, out], for the kept rows (non-padding, not position 0 when skipped, non-zero gradient)."""
+    [T, out], for the kept rows (non-padding, not position 0 when skipped, non-zero gradient); ``rows`` [T] says which
+    sequence of the batch each token came from (edits of several sequences at once)."""
 
     u: torch.Tensor
     delta: torch.Tensor
+    rows: torch.Tensor | None = None
 
     def gradient(self) -> torch.Tensor:
         """``Σ_t δ_t u_tᵀ`` in ``nn.Linear`` layout ``[out, in]``."""
@@ -319,13 +321,15 @@ class MendEditor(nn.Module):
 
     def inner_pass(self, model: nn.Module, runner, batch, edit_rows: torch.Tensor, edit_pos: torch.Tensor,
                    extra_rows: torch.Tensor | None = None, extra_pos: torch.Tensor | None = None, *,
-                   targets: torch.Tensor | None = None
+                   targets: torch.Tensor | None = None, per_row: bool = False
                    ) -> tuple[dict[str, Factors], torch.Tensor, torch.Tensor | None]:
         """Edit loss and the per-token factors of its gradient on the unedited model.
 
         The loss is the mean NLL of the tokens at (``edit_rows``, ``edit_pos``) (positions of the *target tokens*);
         their ids are ``targets``, by default read from ``batch.input_ids`` (pass them when the batch holds only
-        :attr:`~instructedit_utils.metrics.Encoded.inputs`, i.e. the last target token was dropped).
+        :attr:`~instructedit_utils.metrics.Encoded.inputs`, i.e. the last target token was dropped). With
+        ``per_row`` the rows are independent edits: the loss is the sum over rows of each row's mean NLL, so each
+        row's factors are those of its edit made alone (sequences of a batch never attend to each other).
         Logits at (``extra_rows``, ``extra_pos``) are returned too (detached; e.g. pre-edit locality logits).
         Rows kept for the factors: attention-mask positions, minus position 0 when ``skip_first_token``, minus rows
         whose δ is exactly zero (other sequences of the batch, tokens after the last supervised one).
@@ -337,7 +341,12 @@ class MendEditor(nn.Module):
             logits = runner.upper(batch, rows, pos)
             if targets is None:
                 targets = batch.input_ids[edit_rows, edit_pos]
-            loss = nll(logits[:n], targets)
+            if per_row:
+                counts = torch.bincount(edit_rows, minlength=len(batch.input_ids)).clamp_min(1)
+                token_nll = -logits[:n].float().log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+                loss = (token_nll / counts[edit_rows]).sum()
+            else:
+                loss = nll(logits[:n], targets)
             outputs = [store[t.name][1] for t in self.targets]
             deltas = torch.autograd.grad(loss, outputs)
         keep = batch.attention_mask.bool().clone()
@@ -347,7 +356,7 @@ class MendEditor(nn.Module):
         for t, delta in zip(self.targets, deltas):
             u = store[t.name][0]
             kept = keep & (delta.detach().abs().sum(-1) > 0)
-            result[t.name] = Factors(u[kept].float(), delta.detach()[kept].float())
+            result[t.name] = Factors(u[kept].float(), delta.detach()[kept].float(), kept.nonzero()[:, 0])
         extra = logits[n:].detach() if extra_rows is not None else None
         return result, loss.detach(), extra
 
@@ -381,7 +390,7 @@ class MendEditor(nn.Module):
             for t, x in zip(group, xs):
                 part = y[start:start + len(x)]
                 start += len(x)
-                out[t.name] = Factors(part[:, :t.in_dim], part[:, t.in_dim:])
+                out[t.name] = Factors(part[:, :t.in_dim], part[:, t.in_dim:], factors[t.name].rows)
         return out
 
     def deltas(self, transformed: Mapping[str, Factors]) -> dict[str, torch.Tensor]:

@@ -8,6 +8,8 @@ setting        what is evaluated
 ``unseen``     the InstructEdit editor with a *seen* description vs the *held-out* one (and any external
                descriptions) on all four tasks (Fig. 3)
 ``transfer``   single-task editors trained on task A, tested on task B (Table 1's decay matrix)
+``gradients``  the editing areas (editing gradients) of the multi-task editors on all tasks and of each single-task
+               editor on its own task, stored for chapter 5's analysis (Fig. 4a, :mod:`~instructedit_utils.gradients`)
 =============  ========================================================================================================
 
 Each setting writes ``<run_dir>/<setting>/``: ``cases_<method>[_<condition>].jsonl`` (one line per case, resumable;
@@ -27,8 +29,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -39,9 +42,15 @@ from .evaluation import evaluate_method, summarize, task_requests
 from .instructions import read_descriptions  # noqa: F401  (part of this module's API: external descriptions)
 from .runs import RunFolder
 
-SETTINGS = ("multitask", "holdout", "unseen", "transfer")
+if TYPE_CHECKING:
+    from .gradients import Areas
+
+SETTINGS = ("multitask", "holdout", "unseen", "transfer", "gradients")
 NOTEBOOKS = {"multitask": "03_multitask_and_holdout", "holdout": "03_multitask_and_holdout",
-             "unseen": "04_unseen_instructions", "transfer": "04_unseen_instructions"}
+             "unseen": "04_unseen_instructions", "transfer": "04_unseen_instructions",
+             "gradients": "05_gradient_analysis"}
+TRANSFER_NOTEBOOK = "04_unseen_instructions"
+SINGLE_TASK_GROUP = "single-task MEND"
 EDITORS_NOTEBOOK = "02_editor_training"
 
 
@@ -162,7 +171,8 @@ def train_single_task_editors(cfg: ExperimentConfig, model, tokenizer, progress:
         if names and name not in names:
             continue
         result = train_editor(model, tokenizer, config, Path(cfg.run_dir) / "transfer" / "editors" / name,
-                              edit_layers=cfg.model.edit_layers, data_dir=cfg.data_dir, progress=progress)
+                              edit_layers=cfg.model.edit_layers, data_dir=cfg.data_dir, progress=progress,
+                              log=print if progress else None)
         out[name] = TrainedEditor(result.editor, model, name)
     return out
 
@@ -175,6 +185,95 @@ def transfer(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Edit
     for c in cases:
         c["train_task"] = c["method"].split("-", 1)[1]
     return cases, _summary(cfg, "transfer", cases, ("train_task", "task"))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Editing gradients (chapter 5)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GradientEditor:
+    """One editor of the gradient analysis: the method, the tasks its editing areas are collected on and the group
+    it is drawn in (a multi-task editor is its own group; the single-task editors form one group, each on its own
+    task)."""
+
+    method: EditingMethod
+    tasks: tuple[str, ...]
+    group: str
+
+
+def single_task_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, EditingMethod]:
+    """Chapter 4's single-task MEND editors (``<runs>/<profile>/04_unseen_instructions/transfer/editors``), trained
+    there with chapter 4's configuration for this profile when missing."""
+    from . import parameters
+
+    model_params = dict(model_name=cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
+                        num_threads=cfg.model.num_threads, data_dir=cfg.data_dir, editors_dir=cfg.editors_dir,
+                        seed=cfg.seed)
+    cfg04 = parameters.notebook_config(TRANSFER_NOTEBOOK, cfg.profile, model_params, Path(cfg.run_dir).parent.parent)
+    return train_single_task_editors(cfg04, model, tokenizer)
+
+
+def gradient_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, GradientEditor]:
+    """The editors of chapter 5: each of ``cfg.methods`` on every task (training + hold-out) and, with
+    ``cfg.gradients.single_task``, each single-task editor on the task it was trained on."""
+    all_tasks = tuple(dict.fromkeys(cfg.tasks + cfg.holdout_tasks))
+    out = {name: GradientEditor(m, all_tasks, name) for name, m in load_methods(cfg, model, tokenizer).items()}
+    if cfg.gradients is not None and cfg.gradients.single_task:
+        for name, m in single_task_editors(cfg, model, tokenizer).items():
+            task = m.editor.config.tasks[0]
+            if task in all_tasks:
+                out[name] = GradientEditor(m, (task,), SINGLE_TASK_GROUP)
+    return out
+
+
+def gradients(cfg: ExperimentConfig, model, tokenizer, editors: Mapping[str, GradientEditor] | None = None,
+              progress: Callable | None = None) -> dict[str, "Areas"]:
+    """Collect (or resume) the editing areas of every editor into ``<run_dir>/gradients/<editor>/`` and return them
+    per group (:class:`~instructedit_utils.gradients.Areas`, manifest column ``group`` added)."""
+    from .gradients import Areas, Sketch, collect_areas, load_areas
+
+    if cfg.gradients is None:
+        raise ValueError("This experiment has no gradient config (no gradient-analysis parameters were given)")
+    editors = editors if editors is not None else gradient_editors(cfg, model, tokenizer)
+    device = next(model.parameters()).device
+    groups: dict[str, list[Areas]] = {}
+    for name, ed in editors.items():
+        on = ed.method.use_instructions
+        requests = task_requests(ed.tasks, cfg.splits(ed.tasks), cfg.sample_per_task, seed=cfg.seed,
+                                 instructions=on, data_dir=cfg.data_dir, instruct_locality=cfg.instruct_locality)
+        folder = Path(cfg.run_dir) / "gradients" / name
+        sketch = Sketch(ed.method.editor.targets, cfg.gradients.sketch_dim, cfg.gradients.sketch_seed, device)
+        collect_areas(ed.method, model, tokenizer, requests, folder, sketch, settings=cfg.case_settings(
+            ed.tasks, instructions=on), batch_edits=cfg.gradients.edit_batch, progress=progress)
+        areas = load_areas(folder)
+        areas.manifest["group"] = ed.group
+        groups.setdefault(ed.group, []).append(areas)
+    return {g: Areas.concat(parts) for g, parts in groups.items()}
+
+
+def edit_quality(cfg: ExperimentConfig, metrics: Sequence[str] = ("edit/acc", "loc/acc")) -> pd.DataFrame:
+    """Each gradient-analysis group's Reliability/Locality per task from the case summaries of chapter 3
+    (``multitask``, ``holdout``) and, for the single-task group, chapter 4's ``transfer`` diagonal (each editor on its
+    own task). Columns: ``group``, ``task``, ``metric``, ``mean``, ``ci_low``, ``ci_high``; files that do not exist
+    (a chapter not run) add no rows."""
+    root = Path(cfg.run_dir).parent
+    frames = []
+    for setting in ("multitask", "holdout"):
+        path = root / NOTEBOOKS[setting] / setting / "summary.csv"
+        if path.is_file():
+            frames.append(pd.read_csv(path, index_col=0).rename(columns={"method": "group"}))
+    path = root / TRANSFER_NOTEBOOK / "transfer" / "summary.csv"
+    if path.is_file():
+        tr = pd.read_csv(path, index_col=0)
+        frames.append(tr[tr["train_task"] == tr["task"]].assign(group=SINGLE_TASK_GROUP))
+    if not frames:
+        return pd.DataFrame(columns=["group", "task", "metric", "mean", "ci_low", "ci_high"])
+    out = pd.concat(frames, ignore_index=True)
+    wanted = set(cfg.methods) | ({SINGLE_TASK_GROUP} if cfg.gradients and cfg.gradients.single_task else set())
+    out = out[out["metric"].isin(metrics) & out["group"].isin(wanted)]
+    return out[["group", "task", "metric", "mean", "ci_low", "ci_high"]].reset_index(drop=True)
 
 
 def transfer_matrix(summary: pd.DataFrame, metric: str = "edit/acc", relative: bool = False) -> pd.DataFrame:
@@ -240,6 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.requires_grad_(False)
     if args.train_only is not None:
         train_single_task_editors(cfg, model, tokenizer, progress=True, names=args.train_only)
+        return 0
+    if args.setting == "gradients":
+        for group, areas in gradients(cfg, model, tokenizer).items():
+            print(f"{group}: {len(areas.manifest)} editing areas, tasks {sorted(set(areas.manifest['task']))}")
+        print(f"[instructedit-eval] wrote {Path(cfg.run_dir) / 'gradients'}")
         return 0
     _, summary = {"multitask": multitask, "holdout": holdout, "unseen": unseen, "transfer": transfer}[args.setting](
         cfg, model, tokenizer)

@@ -340,9 +340,17 @@ def load_model(name: str = "smollm2-135m", device: str = "cpu", dtype: str = "fl
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from transformers.utils import logging as hf_logging
+
         where = converted_model_dir(preset) if preset.source == "gguf-package" else preset.location
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=_DTYPES[dtype])
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bars in the book or the logs
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=_DTYPES[dtype])
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         if preset.name == "smollm2-135m" and pad_token is None:
             pad_token = "<|im_end|>"
     prepare_tokenizer(tokenizer, pad_token)

@@ -124,3 +124,49 @@ def plot_transfer_heatmap(matrix: pd.DataFrame, title: str = "Single-task transf
     ax.set(xlabel="tested on", ylabel="trained on", title=title)
     fig.tight_layout()
     return fig
+
+
+def plot_editing_areas(coords: pd.DataFrame, title: str = "Editing areas (Fig. 4a)") -> plt.Figure:
+    """Fig. 4a as a panel grid: rows = editor group, columns = projection (e.g. PCA, t-SNE); one point per edit,
+    coloured by task; hold-out tasks drawn as crosses. ``coords`` columns: ``group``, ``projection``, ``x``, ``y``,
+    ``task``, ``holdout`` (bool)."""
+    sns.set_theme(style="white")
+    groups = list(dict.fromkeys(coords["group"]))
+    projections = list(dict.fromkeys(coords["projection"]))
+    tasks = list(dict.fromkeys(coords["task"]))
+    palette = dict(zip(tasks, sns.color_palette(n_colors=len(tasks))))
+    fig, axes = plt.subplots(len(groups), len(projections), figsize=(4.2 * len(projections), 3.6 * len(groups)),
+                             squeeze=False)
+    for r, group in enumerate(groups):
+        for c, proj in enumerate(projections):
+            ax = axes[r][c]
+            part = coords[(coords["group"] == group) & (coords["projection"] == proj)]
+            for task in tasks:
+                pts = part[part["task"] == task]
+                if pts.empty:
+                    continue
+                held = bool(pts["holdout"].iloc[0])
+                ax.scatter(pts["x"], pts["y"], s=14 if held else 10, alpha=0.75, color=palette[task],
+                           marker="x" if held else "o", label=f"{task} (hold-out)" if held else task)
+            ax.set(xticks=[], yticks=[], title=f"{group} — {proj}")
+    handles = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    return fig
+
+
+def plot_gradient_norms(norms: pd.DataFrame, title: str = "Norm of the editing gradient") -> plt.Figure:
+    """Distributions (box + points, log scale) of the editing gradient's Frobenius norm per task, one colour per
+    editor group. ``norms`` columns: ``group``, ``task``, ``norm``."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    sns.boxplot(data=norms, x="task", y="norm", hue="group", ax=ax, fliersize=0, log_scale=True)
+    sns.stripplot(data=norms, x="task", y="norm", hue="group", dodge=True, ax=ax, size=2, alpha=0.35,
+                  palette="dark:k", legend=False, log_scale=True)
+    ax.set(title=title, xlabel="task", ylabel="‖∇̃‖_F (log scale)")
+    fig.tight_layout()
+    return fig

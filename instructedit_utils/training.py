@@ -649,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown editor(s) {sorted(unknown)}; choose from {sorted(configs)}")
     setup_torch(cfg.model.num_threads, cfg.seed)
+    RunFolder(cfg.run_dir).write_params(cfg.to_dict())  # as the notebook does (chapter 4 reads the editors' config)
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
     for name, method in configs.items():
         if args.editor and name not in args.editor:

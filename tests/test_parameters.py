@@ -17,6 +17,7 @@ CLI_TWINS = {
     "02_editor_training": [(training, [])],
     "03_multitask_and_holdout": [(experiments, ["multitask"]), (experiments, ["holdout"])],
     "04_unseen_instructions": [(experiments, ["unseen"]), (experiments, ["transfer"])],
+    "05_gradient_analysis": [(experiments, ["gradients"])],
 }
 
 
@@ -57,7 +58,7 @@ def test_notebook_runner_and_cli_build_the_same_config(path, profile, overrides,
 def test_every_notebook_with_a_command_line_has_its_twin_tested():
     twins = {experiments.NOTEBOOKS[s] for s in experiments.SETTINGS} | {training.NOTEBOOK}
     assert twins == set(CLI_TWINS)
-    assert {s for _, prefix in CLI_TWINS["03_multitask_and_holdout"] + CLI_TWINS["04_unseen_instructions"]
+    assert {s for name in experiments.NOTEBOOKS.values() for _, prefix in CLI_TWINS[name]
             for s in prefix} == set(experiments.SETTINGS)
 
 

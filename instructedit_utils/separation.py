@@ -1,0 +1,168 @@
+"""How well editing areas (:mod:`instructedit_utils.gradients`) separate tasks — measured in the original (sketched)
+space, never on a 2-D picture — and the projections that draw them (the paper's Fig. 4a).
+
+* :func:`pca`, :func:`tsne` — 2-D views (t-SNE: scikit-learn, cosine metric on the first 50 principal components,
+  PCA initialisation, fixed seed; perplexity documented by the caller and capped below the number of points);
+* :func:`record_scores` — per record: cosine **silhouette** of its task label, **k-NN task purity** (share of its
+  ``knn`` nearest other records from the same task) and **spread** (cosine distance to its task's centroid);
+* :func:`centroid_cosine` — mean cosine between task centroids;
+* :func:`separation` — those four numbers with 95% bootstrap CIs over records and a **label-permutation control**
+  (the same numbers with shuffled task labels: what "no separation" scores on the same vectors);
+* :func:`group_separation`, :func:`projections` — the same for every editor group and task scope, as tidy tables.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .gradients import Areas
+
+
+def pca(x: np.ndarray, n_components: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates ``[N, n]`` on the first principal components and their explained-variance ratios."""
+    from sklearn.decomposition import PCA
+
+    n = max(1, min(n_components, x.shape[0], x.shape[1]))
+    model = PCA(n_components=n, svd_solver="full").fit(x)
+    return model.transform(x), model.explained_variance_ratio_
+
+
+def tsne(x: np.ndarray, perplexity: float = 30.0, seed: int = 0, pca_dims: int = 50) -> np.ndarray:
+    """2-D t-SNE (scikit-learn, cosine metric on the first ``pca_dims`` principal components, PCA initialisation,
+    fixed seed). The perplexity is capped below the number of points, as t-SNE requires."""
+    from sklearn.manifold import TSNE
+
+    reduced, _ = pca(x, pca_dims)
+    perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed
+                ).fit_transform(reduced)
+
+
+def _centroids(x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+               ) -> tuple[list, np.ndarray]:
+    tasks = list(dict.fromkeys(labels))
+    w = np.ones(len(x)) if weights is None else weights
+    cents = np.stack([(x[labels == t] * w[labels == t, None]).sum(0) / max(w[labels == t].sum(), 1e-12)
+                      for t in tasks])
+    return tasks, cents
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True).clip(1e-30)
+
+
+def record_scores(x: np.ndarray, labels: Sequence[str], knn: int = 10) -> pd.DataFrame:
+    """Per record (rows of unit vectors ``x``): cosine ``silhouette`` of its task label, ``knn_purity`` (share of its
+    ``knn`` nearest other records with the same task) and ``spread`` (cosine distance to its task's centroid)."""
+    from sklearn.metrics import silhouette_samples
+
+    labels = np.asarray(labels)
+    dist = np.clip(1.0 - x @ x.T, 0.0, 2.0)
+    np.fill_diagonal(dist, 0.0)
+    sil = silhouette_samples(dist, labels, metric="precomputed") if len(set(labels)) > 1 else np.zeros(len(x))
+    k = max(1, min(knn, len(x) - 1))
+    order = np.argsort(dist + np.eye(len(x)) * 10.0, axis=1)[:, :k]
+    purity = (labels[order] == labels[:, None]).mean(1)
+    tasks, cents = _centroids(x, labels)
+    own = _unit(cents)[[tasks.index(t) for t in labels]]
+    spread = 1.0 - (x * own).sum(1)
+    return pd.DataFrame({"task": labels, "silhouette": sil, "knn_purity": purity, "spread": spread})
+
+
+def centroid_cosine(x: np.ndarray, labels: Sequence[str], weights: np.ndarray | None = None) -> float:
+    """Mean cosine between the centroids of different tasks (1: the tasks point the same way on average)."""
+    labels = np.asarray(labels)
+    tasks, cents = _centroids(x, labels, weights)
+    if len(tasks) < 2:
+        return float("nan")
+    c = _unit(cents)
+    sims = c @ c.T
+    return float(sims[np.triu_indices(len(tasks), 1)].mean())
+
+
+SEPARATION_METRICS = {
+    "silhouette": "Silhouette (cosine), higher = tasks apart",
+    "knn_purity": "k-NN task purity, higher = neighbours share the task",
+    "centroid_cosine": "Cosine between task centroids, lower = tasks apart",
+    "spread": "Within-task spread (cosine distance to centroid), lower = tighter",
+}
+
+
+def _stats(x: np.ndarray, labels: np.ndarray, knn: int) -> dict[str, float]:
+    scores = record_scores(x, labels, knn)
+    return {"silhouette": float(scores["silhouette"].mean()), "knn_purity": float(scores["knn_purity"].mean()),
+            "centroid_cosine": centroid_cosine(x, labels), "spread": float(scores["spread"].mean())}
+
+
+def separation(x: np.ndarray, labels: Sequence[str], *, knn: int = 10, n_boot: int = 1000,
+               n_permutations: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Task separation of unit vectors ``x`` (one row per record): each metric of :data:`SEPARATION_METRICS` with a
+    95% bootstrap CI over records (records resampled within each task; per-record metrics are means of per-record
+    scores, the centroid cosine is recomputed with the resampled records' weights) and the permutation control: the
+    same metric with the task labels shuffled (``perm_mean`` and its 2.5–97.5% range), what "no separation" scores
+    on the same vectors."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    scores = record_scores(x, labels, knn)
+    value = _stats(x, labels, knn)
+    groups = [np.flatnonzero(labels == t) for t in dict.fromkeys(labels)]
+    boot: dict[str, list[float]] = {m: [] for m in SEPARATION_METRICS}
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(g, len(g)) for g in groups])
+        for m in ("silhouette", "knn_purity", "spread"):
+            boot[m].append(float(scores[m].to_numpy()[idx].mean()))
+        weights = np.bincount(idx, minlength=len(x)).astype(float)
+        boot["centroid_cosine"].append(centroid_cosine(x, labels, weights))
+    perm: dict[str, list[float]] = {m: [] for m in SEPARATION_METRICS}
+    for _ in range(n_permutations):
+        for m, v in _stats(x, rng.permutation(labels), knn).items():
+            perm[m].append(v)
+    rows = []
+    for m, label in SEPARATION_METRICS.items():
+        lo, hi = np.percentile(boot[m], [2.5, 97.5])
+        plo, phi = np.percentile(perm[m], [2.5, 97.5])
+        rows.append({"metric": m, "label": label, "value": value[m], "ci_low": float(lo), "ci_high": float(hi),
+                     "perm_mean": float(np.mean(perm[m])), "perm_low": float(plo), "perm_high": float(phi),
+                     "n": len(x)})
+    return pd.DataFrame(rows)
+
+
+def group_separation(groups: Mapping[str, Areas], scopes: Mapping[str, Sequence[str]], *,
+                     matrices: Sequence[str] | None = None, knn: int = 10, n_boot: int = 1000,
+                     n_permutations: int = 200, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`separation` of every editor group on every task scope (e.g. ``{"training tasks": [...], "all tasks":
+    [...]}``; a scope where a group has fewer than two tasks, or the same tasks as an earlier scope, is skipped). Returns (summary with ``group`` and
+    ``scope`` columns, per-record scores with ``group``, ``scope``, ``case_id``)."""
+    summaries, records = [], []
+    for group, areas in groups.items():
+        x = areas.vectors(matrices)
+        labels = areas.manifest["task"].to_numpy()
+        seen: list[set] = []
+        for scope, tasks in scopes.items():
+            sel = np.isin(labels, list(tasks))
+            present = set(labels[sel])
+            if len(present) < 2 or present in seen:  # e.g. single-task editors have no hold-out task to add
+                continue
+            seen.append(present)
+            sep = separation(x[sel], labels[sel], knn=knn, n_boot=n_boot, n_permutations=n_permutations, seed=seed)
+            summaries.append(sep.assign(group=group, scope=scope))
+            rec = record_scores(x[sel], labels[sel], knn)
+            records.append(rec.assign(group=group, scope=scope,
+                                      case_id=areas.manifest["case_id"].to_numpy()[sel]))
+    return pd.concat(summaries, ignore_index=True), pd.concat(records, ignore_index=True)
+
+
+def projections(groups: Mapping[str, Areas], holdout_tasks: Sequence[str] = (), *,
+                matrices: Sequence[str] | None = None, perplexity: float = 30.0, seed: int = 0) -> pd.DataFrame:
+    """2-D coordinates of every group's editing areas by PCA and by t-SNE: columns ``group``, ``projection``, ``x``,
+    ``y``, ``task``, ``holdout`` (for :func:`~instructedit_utils.plotting.plot_editing_areas`)."""
+    frames = []
+    for group, areas in groups.items():
+        x = areas.vectors(matrices)
+        tasks = areas.manifest["task"].to_numpy()
+        for name, coords in (("PCA", pca(x, 2)[0]), ("t-SNE", tsne(x, perplexity, seed))):
+            frames.append(pd.DataFrame({"group": group, "projection": name, "x": coords[:, 0], "y": coords[:, 1],
+                                        "task": tasks, "holdout": np.isin(tasks, list(holdout_tasks))}))
+    return pd.concat(frames, ignore_index=True)
