@@ -20,26 +20,21 @@ import argparse
 import json
 import time
 
+from common import add_model_arguments, load_frozen_model
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
+    add_model_arguments(parser, ["counterfact", "recent", "convsent"], 8)
     parser.add_argument("--editor", required=True, help="folder of a trained editor")
-    parser.add_argument("--tasks", nargs="+", default=["counterfact", "recent", "convsent"])
-    parser.add_argument("--records", type=int, default=8, help="test records per task")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     import torch
 
-    from instructedit_utils import baselines, setup_torch
+    from instructedit_utils import baselines
     from instructedit_utils.evaluation import evaluate_method, score_requests, task_requests
-    from instructedit_utils.models import load_model
 
-    setup_torch(args.threads, args.seed)
-    model, tok = load_model(args.model)
-    model.requires_grad_(False)
+    model, tok = load_frozen_model(args)
     method = baselines.build("mend", model, tok, editor_dir=args.editor)
     requests = task_requests(args.tasks, "test", args.records, seed=args.seed,
                              instructions=method.use_instructions)

@@ -22,6 +22,8 @@ import resource
 import tempfile
 import time
 
+from common import add_model_arguments, load_frozen_model
+
 
 def _editor(model, tok, rank: int, seed: int, warm_requests, layers):
     import torch
@@ -41,31 +43,25 @@ def _editor(model, tok, rank: int, seed: int, warm_requests, layers):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
+    add_model_arguments(parser, ["counterfact", "recent", "convsent", "zsre"], 8)  # --records: speed comparison
     parser.add_argument("--editor", help="folder of a trained editor (instead of built ones)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[256, 1920])
-    parser.add_argument("--tasks", nargs="+", default=["counterfact", "recent", "convsent", "zsre"])
-    parser.add_argument("--records", type=int, default=8, help="records per task for the speed comparison")
     parser.add_argument("--edit-batch", type=int, default=16)
     parser.add_argument("--sketch-dim", type=int, default=2048)
     parser.add_argument("--rss-records", type=int, default=200, help="records per task for the memory run (0: skip)")
     parser.add_argument("--rss-editors", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     import numpy as np
     import torch
 
-    from instructedit_utils import baselines, setup_torch
+    from instructedit_utils import baselines
     from instructedit_utils.config import ExperimentConfig
-    from instructedit_utils.gradients import Sketch, collect_areas, editing_areas, frobenius_norms
     from instructedit_utils.evaluation import task_requests
-    from instructedit_utils.models import load_model, resolve_preset
+    from instructedit_utils.gradients import Sketch, collect_areas, editing_areas, frobenius_norms
+    from instructedit_utils.models import resolve_preset
 
-    setup_torch(args.threads, args.seed)
-    model, tok = load_model(args.model)
-    model.requires_grad_(False)
+    model, tok = load_frozen_model(args)
     layers = resolve_preset(args.model).edit_layers or None
     splits = ExperimentConfig(run_dir=tempfile.gettempdir(), tasks=tuple(args.tasks)).splits(args.tasks)
     requests = task_requests(args.tasks, splits, args.records, seed=args.seed, instructions=True)
@@ -109,14 +105,15 @@ def main() -> int:
     if args.rss_records:
         rss_requests = task_requests(args.tasks, splits, args.rss_records, seed=args.seed, instructions=True)
         rank = args.ranks[0]
-        t0 = time.perf_counter()
+        elapsed = 0.0
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.rss_editors):
                 editor = _editor(model, tok, rank, args.seed + i, warm, layers)
                 method = baselines.build("mend", model, tok, editor=editor, name=f"editor{i}")
+                t0 = time.perf_counter()
                 collect_areas(method, model, tok, rss_requests, f"{tmp}/editor{i}",
                               Sketch(editor.targets, args.sketch_dim), batch_edits=args.edit_batch)
-        elapsed = time.perf_counter() - t0
+                elapsed += time.perf_counter() - t0
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
         n = len(rss_requests) * args.rss_editors
         out["collection"] = {"editors": args.rss_editors, "records_per_task": args.rss_records, "vectors": n,

@@ -40,7 +40,7 @@ from .baselines import EditingMethod, TrainedEditor
 from .config import ExperimentConfig, MethodConfig
 from .evaluation import evaluate_method, summarize, task_requests
 from .instructions import read_descriptions  # noqa: F401  (part of this module's API: external descriptions)
-from .runs import RunFolder
+from .runs import RunFolder, SettingsMismatch
 
 if TYPE_CHECKING:
     from .gradients import Areas
@@ -218,6 +218,8 @@ def single_task_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, Ed
 def gradient_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, GradientEditor]:
     """The editors of chapter 5: each of ``cfg.methods`` on every task (training + hold-out) and, with
     ``cfg.gradients.single_task``, each single-task editor on the task it was trained on."""
+    if "base" in cfg.methods:
+        raise ValueError("methods: 'base' makes no edit, so it has no editing gradient; name trained editors")
     all_tasks = tuple(dict.fromkeys(cfg.tasks + cfg.holdout_tasks))
     out = {name: GradientEditor(m, all_tasks, name) for name, m in load_methods(cfg, model, tokenizer).items()}
     if cfg.gradients is not None and cfg.gradients.single_task:
@@ -340,13 +342,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.train_only is not None:
         train_single_task_editors(cfg, model, tokenizer, progress=True, names=args.train_only)
         return 0
-    if args.setting == "gradients":
-        for group, areas in gradients(cfg, model, tokenizer).items():
-            print(f"{group}: {len(areas.manifest)} editing areas, tasks {sorted(set(areas.manifest['task']))}")
-        print(f"[instructedit-eval] wrote {Path(cfg.run_dir) / 'gradients'}")
-        return 0
-    _, summary = {"multitask": multitask, "holdout": holdout, "unseen": unseen, "transfer": transfer}[args.setting](
-        cfg, model, tokenizer)
+    try:
+        if args.setting == "gradients":
+            for group, areas in gradients(cfg, model, tokenizer).items():
+                print(f"{group}: {len(areas.manifest)} editing areas, tasks {sorted(set(areas.manifest['task']))}")
+            print(f"[instructedit-eval] wrote {Path(cfg.run_dir) / 'gradients'}")
+            return 0
+        run = {"multitask": multitask, "holdout": holdout, "unseen": unseen, "transfer": transfer}[args.setting]
+        _, summary = run(cfg, model, tokenizer)
+    except SettingsMismatch as exc:  # a run folder of other settings: say which, no traceback
+        parser.exit(2, f"instructedit-eval: error: {exc}\n")
     print(summary.to_string())
     print(f"[instructedit-eval] wrote {Path(cfg.run_dir) / args.setting}")
     return 0

@@ -127,36 +127,18 @@ def plot_transfer_heatmap(matrix: pd.DataFrame, title: str = "Single-task transf
 
 
 def plot_editing_areas(coords: pd.DataFrame, title: str = "Editing areas (Fig. 4a)") -> plt.Figure:
-    """Fig. 4a as a panel grid: rows = editor group, columns = projection (e.g. PCA, t-SNE); one point per edit,
-    coloured by task; hold-out tasks drawn as crosses. ``coords`` columns: ``group``, ``projection``, ``x``, ``y``,
-    ``task``, ``holdout`` (bool)."""
+    """Fig. 4a as a seaborn panel grid: rows = editor group, columns = projection (PCA, t-SNE); one point per edit,
+    coloured by task, hold-out tasks drawn as crosses. ``coords`` columns: ``group``, ``projection``, ``x``, ``y``,
+    ``task``, ``role`` (``training task`` / ``hold-out task``), as :func:`~instructedit_utils.separation.projections`
+    gives them."""
     sns.set_theme(style="white")
-    groups = list(dict.fromkeys(coords["group"]))
-    projections = list(dict.fromkeys(coords["projection"]))
-    tasks = list(dict.fromkeys(coords["task"]))
-    palette = dict(zip(tasks, sns.color_palette(n_colors=len(tasks))))
-    fig, axes = plt.subplots(len(groups), len(projections), figsize=(4.2 * len(projections), 3.6 * len(groups)),
-                             squeeze=False)
-    for r, group in enumerate(groups):
-        for c, proj in enumerate(projections):
-            ax = axes[r][c]
-            part = coords[(coords["group"] == group) & (coords["projection"] == proj)]
-            for task in tasks:
-                pts = part[part["task"] == task]
-                if pts.empty:
-                    continue
-                held = bool(pts["holdout"].iloc[0])
-                ax.scatter(pts["x"], pts["y"], s=14 if held else 10, alpha=0.75, color=palette[task],
-                           marker="x" if held else "o", label=f"{task} (hold-out)" if held else task)
-            ax.set(xticks=[], yticks=[], title=f"{group} — {proj}")
-    handles = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    return fig
+    grid = sns.relplot(data=coords, x="x", y="y", row="group", col="projection", hue="task", style="role",
+                       markers={"training task": "o", "hold-out task": "X"}, s=18, alpha=0.75, height=3.3,
+                       aspect=1.15, facet_kws={"sharex": False, "sharey": False})
+    grid.set(xticks=[], yticks=[], xlabel="", ylabel="")
+    grid.set_titles("{row_name} — {col_name}")
+    grid.figure.suptitle(title, y=1.01)
+    return grid.figure
 
 
 def plot_gradient_norms(norms: pd.DataFrame, title: str = "Norm of the editing gradient") -> plt.Figure:

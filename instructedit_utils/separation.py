@@ -5,7 +5,10 @@ space, never on a 2-D picture — and the projections that draw them (the paper'
   PCA initialisation, fixed seed; perplexity documented by the caller and capped below the number of points);
 * :func:`record_scores` — per record: cosine **silhouette** of its task label, **k-NN task purity** (share of its
   ``knn`` nearest other records from the same task) and **spread** (cosine distance to its task's centroid);
-* :func:`centroid_cosine` — mean cosine between task centroids;
+* :func:`between_cosine` — the mean cosine between edits of different tasks, which is the inner product of the tasks'
+  centroids (mean editing areas, not renormalised). Unlike the cosine of renormalised centroids it is linear in the
+  records, so resampling them does not bias it (renormalised centroids of resampled records come out noisier and
+  their cosine lower, which put the point estimate outside its own percentile interval);
 * :func:`separation` — those four numbers with 95% bootstrap CIs over records and a **label-permutation control**
   (the same numbers with shuffled task labels: what "no separation" scores on the same vectors);
 * :func:`group_separation`, :func:`projections` — the same for every editor group and task scope, as tidy tables.
@@ -40,73 +43,85 @@ def tsne(x: np.ndarray, perplexity: float = 30.0, seed: int = 0, pca_dims: int =
                 ).fit_transform(reduced)
 
 
-def _centroids(x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
-               ) -> tuple[list, np.ndarray]:
-    tasks = list(dict.fromkeys(labels))
-    w = np.ones(len(x)) if weights is None else weights
-    cents = np.stack([(x[labels == t] * w[labels == t, None]).sum(0) / max(w[labels == t].sum(), 1e-12)
-                      for t in tasks])
-    return tasks, cents
+def _gram(x: np.ndarray) -> np.ndarray:
+    """Cosines between unit rows (everything below needs only these: one ``N×N`` product, whatever the dimension)."""
+    return np.clip(x @ x.T, -1.0, 1.0)
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True).clip(1e-30)
+def _neighbours(gram: np.ndarray, knn: int) -> np.ndarray:
+    """Indices of each record's ``knn`` most similar other records (independent of labels: computed once)."""
+    k = max(1, min(knn, len(gram) - 1))
+    return np.argsort(-(gram - np.eye(len(gram)) * 10.0), axis=1, kind="stable")[:, :k]
+
+
+def _scores(gram: np.ndarray, labels: np.ndarray, order: np.ndarray) -> pd.DataFrame:
+    from sklearn.metrics import silhouette_samples
+
+    dist = np.clip(1.0 - gram, 0.0, 2.0)
+    np.fill_diagonal(dist, 0.0)
+    sil = silhouette_samples(dist, labels, metric="precomputed") if len(set(labels)) > 1 else np.zeros(len(gram))
+    purity = (labels[order] == labels[:, None]).mean(1)
+    spread = np.zeros(len(gram))
+    for t in dict.fromkeys(labels):
+        idx = np.flatnonzero(labels == t)
+        to_centroid = gram[:, idx].mean(1)  # x_i · c_t
+        norm = np.sqrt(max(gram[np.ix_(idx, idx)].mean(), 1e-30))  # |c_t|
+        spread[idx] = 1.0 - to_centroid[idx] / norm
+    return pd.DataFrame({"task": labels, "silhouette": sil, "knn_purity": purity, "spread": spread})
 
 
 def record_scores(x: np.ndarray, labels: Sequence[str], knn: int = 10) -> pd.DataFrame:
     """Per record (rows of unit vectors ``x``): cosine ``silhouette`` of its task label, ``knn_purity`` (share of its
     ``knn`` nearest other records with the same task) and ``spread`` (cosine distance to its task's centroid)."""
-    from sklearn.metrics import silhouette_samples
-
-    labels = np.asarray(labels)
-    dist = np.clip(1.0 - x @ x.T, 0.0, 2.0)
-    np.fill_diagonal(dist, 0.0)
-    sil = silhouette_samples(dist, labels, metric="precomputed") if len(set(labels)) > 1 else np.zeros(len(x))
-    k = max(1, min(knn, len(x) - 1))
-    order = np.argsort(dist + np.eye(len(x)) * 10.0, axis=1)[:, :k]
-    purity = (labels[order] == labels[:, None]).mean(1)
-    tasks, cents = _centroids(x, labels)
-    own = _unit(cents)[[tasks.index(t) for t in labels]]
-    spread = 1.0 - (x * own).sum(1)
-    return pd.DataFrame({"task": labels, "silhouette": sil, "knn_purity": purity, "spread": spread})
+    gram = _gram(x)
+    return _scores(gram, np.asarray(labels), _neighbours(gram, knn))
 
 
-def centroid_cosine(x: np.ndarray, labels: Sequence[str], weights: np.ndarray | None = None) -> float:
-    """Mean cosine between the centroids of different tasks (1: the tasks point the same way on average)."""
-    labels = np.asarray(labels)
-    tasks, cents = _centroids(x, labels, weights)
+def _between(gram: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    tasks = list(dict.fromkeys(labels))
     if len(tasks) < 2:
         return float("nan")
-    c = _unit(cents)
-    sims = c @ c.T
-    return float(sims[np.triu_indices(len(tasks), 1)].mean())
+    w = np.ones(len(gram)) if weights is None else weights
+    parts = [(labels == t) for t in tasks]
+    sims = [w[a] @ gram[np.ix_(a, b)] @ w[b] / (w[a].sum() * w[b].sum())
+            for i, a in enumerate(parts) for b in parts[i + 1:]]
+    return float(np.mean(sims))
+
+
+def between_cosine(x: np.ndarray, labels: Sequence[str], weights: np.ndarray | None = None) -> float:
+    """Mean over pairs of tasks of the mean cosine between their edits (unit rows ``x``) = the inner product of the
+    two tasks' centroids; with ``weights`` (bootstrap counts) each record counts that often. 0: the tasks' edits are
+    orthogonal on average; 1: identical."""
+    return _between(_gram(x), np.asarray(labels), weights)
 
 
 SEPARATION_METRICS = {
     "silhouette": "Silhouette (cosine), higher = tasks apart",
     "knn_purity": "k-NN task purity, higher = neighbours share the task",
-    "centroid_cosine": "Cosine between task centroids, lower = tasks apart",
+    "between_cosine": "Mean cosine between edits of different tasks (inner product of task centroids), lower = apart",
     "spread": "Within-task spread (cosine distance to centroid), lower = tighter",
 }
 
 
-def _stats(x: np.ndarray, labels: np.ndarray, knn: int) -> dict[str, float]:
-    scores = record_scores(x, labels, knn)
+def _stats(gram: np.ndarray, labels: np.ndarray, order: np.ndarray) -> dict[str, float]:
+    scores = _scores(gram, labels, order)
     return {"silhouette": float(scores["silhouette"].mean()), "knn_purity": float(scores["knn_purity"].mean()),
-            "centroid_cosine": centroid_cosine(x, labels), "spread": float(scores["spread"].mean())}
+            "between_cosine": _between(gram, labels), "spread": float(scores["spread"].mean())}
 
 
 def separation(x: np.ndarray, labels: Sequence[str], *, knn: int = 10, n_boot: int = 1000,
                n_permutations: int = 200, seed: int = 0) -> pd.DataFrame:
     """Task separation of unit vectors ``x`` (one row per record): each metric of :data:`SEPARATION_METRICS` with a
     95% bootstrap CI over records (records resampled within each task; per-record metrics are means of per-record
-    scores, the centroid cosine is recomputed with the resampled records' weights) and the permutation control: the
+    scores, the between-task cosine is recomputed with the resampled records' weights) and the permutation control: the
     same metric with the task labels shuffled (``perm_mean`` and its 2.5–97.5% range), what "no separation" scores
     on the same vectors."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    scores = record_scores(x, labels, knn)
-    value = _stats(x, labels, knn)
+    gram = _gram(x)
+    order = _neighbours(gram, knn)
+    scores = _scores(gram, labels, order)
+    value = _stats(gram, labels, order)
     groups = [np.flatnonzero(labels == t) for t in dict.fromkeys(labels)]
     boot: dict[str, list[float]] = {m: [] for m in SEPARATION_METRICS}
     for _ in range(n_boot):
@@ -114,10 +129,10 @@ def separation(x: np.ndarray, labels: Sequence[str], *, knn: int = 10, n_boot: i
         for m in ("silhouette", "knn_purity", "spread"):
             boot[m].append(float(scores[m].to_numpy()[idx].mean()))
         weights = np.bincount(idx, minlength=len(x)).astype(float)
-        boot["centroid_cosine"].append(centroid_cosine(x, labels, weights))
+        boot["between_cosine"].append(_between(gram, labels, weights))
     perm: dict[str, list[float]] = {m: [] for m in SEPARATION_METRICS}
     for _ in range(n_permutations):
-        for m, v in _stats(x, rng.permutation(labels), knn).items():
+        for m, v in _stats(gram, rng.permutation(labels), order).items():
             perm[m].append(v)
     rows = []
     for m, label in SEPARATION_METRICS.items():
@@ -157,12 +172,14 @@ def group_separation(groups: Mapping[str, Areas], scopes: Mapping[str, Sequence[
 def projections(groups: Mapping[str, Areas], holdout_tasks: Sequence[str] = (), *,
                 matrices: Sequence[str] | None = None, perplexity: float = 30.0, seed: int = 0) -> pd.DataFrame:
     """2-D coordinates of every group's editing areas by PCA and by t-SNE: columns ``group``, ``projection``, ``x``,
-    ``y``, ``task``, ``holdout`` (for :func:`~instructedit_utils.plotting.plot_editing_areas`)."""
+    ``y``, ``task``, ``role`` (``hold-out task`` or ``training task``; for
+    :func:`~instructedit_utils.plotting.plot_editing_areas`)."""
     frames = []
     for group, areas in groups.items():
         x = areas.vectors(matrices)
         tasks = areas.manifest["task"].to_numpy()
         for name, coords in (("PCA", pca(x, 2)[0]), ("t-SNE", tsne(x, perplexity, seed))):
+            role = np.where(np.isin(tasks, list(holdout_tasks)), "hold-out task", "training task")
             frames.append(pd.DataFrame({"group": group, "projection": name, "x": coords[:, 0], "y": coords[:, 1],
-                                        "task": tasks, "holdout": np.isin(tasks, list(holdout_tasks))}))
+                                        "task": tasks, "role": role}))
     return pd.concat(frames, ignore_index=True)

@@ -93,7 +93,10 @@ def test_separation_metrics_hand_computed():
     x = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     s = sep_mod.record_scores(x, ["a", "a", "b", "b"], knn=1)
     assert np.allclose(s["silhouette"], 1.0) and np.allclose(s["knn_purity"], 1.0) and np.allclose(s["spread"], 0.0)
-    assert sep_mod.centroid_cosine(x, np.array(["a", "a", "b", "b"])) == pytest.approx(0.0)
+    assert sep_mod.between_cosine(x, np.array(["a", "a", "b", "b"])) == pytest.approx(0.0)
+    y = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])  # pairs across tasks: cos(e1, e2) = 0, cos(v, e2) = 0.8
+    assert sep_mod.between_cosine(y, np.array(["a", "a", "b"])) == pytest.approx(0.4)
+    assert sep_mod.between_cosine(y, np.array(["a", "a", "b"]), np.array([0.0, 2.0, 1.0])) == pytest.approx(0.8)
 
 
 def _clusters(spread, n=40, dims=32, seed=0):
@@ -107,16 +110,18 @@ def test_separation_on_known_clusters_and_the_permutation_control():
     x, labels = _clusters(0.05)
     sep = separation(x, labels, knn=5, n_boot=100, n_permutations=50).set_index("metric")
     assert sep.loc["silhouette", "value"] > 0.8 and sep.loc["knn_purity", "value"] == pytest.approx(1.0)
-    assert sep.loc["centroid_cosine", "value"] < 0.05
+    assert sep.loc["between_cosine", "value"] < 0.05
     for m in ("silhouette", "knn_purity"):  # far above what shuffled labels score
         assert sep.loc[m, "ci_low"] > sep.loc[m, "perm_high"]
-    assert sep.loc["centroid_cosine", "ci_high"] < sep.loc["centroid_cosine", "perm_low"]
+    assert sep.loc["between_cosine", "ci_high"] < sep.loc["between_cosine", "perm_low"]
+    for m in sep.index:  # every point estimate lies inside its own interval
+        assert sep.loc[m, "ci_low"] <= sep.loc[m, "value"] <= sep.loc[m, "ci_high"]
     # the same points with no structure: every task drawn from one cloud -> inside the permutation range
     rng = np.random.default_rng(1)
     y = rng.standard_normal((120, 32))
     y /= np.linalg.norm(y, axis=1, keepdims=True)
     mixed = separation(y, labels, knn=5, n_boot=100, n_permutations=50).set_index("metric")
-    for m in ("silhouette", "knn_purity", "centroid_cosine"):
+    for m in ("silhouette", "knn_purity", "between_cosine"):
         assert mixed.loc[m, "perm_low"] - 0.05 <= mixed.loc[m, "value"] <= mixed.loc[m, "perm_high"] + 0.05
     assert abs(mixed.loc["silhouette", "value"]) < 0.05
     # overlapping clusters score between the two
@@ -212,4 +217,10 @@ def test_group_separation_and_projections_tables():
                                                            ("two", "training tasks")}  # no repeated scope for "two"
     assert len(records) == 16 + 24 + 16 and set(records["case_id"]) == set(manifest["case_id"])
     coords = sep_mod.projections({"full": areas}, holdout_tasks=["c"], perplexity=5.0)
-    assert set(coords["projection"]) == {"PCA", "t-SNE"} and coords["holdout"].sum() == 2 * 8
+    assert set(coords["projection"]) == {"PCA", "t-SNE"} and (coords["role"] == "hold-out task").sum() == 2 * 8
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from instructedit_utils.plotting import plot_editing_areas
+
+    assert len(plot_editing_areas(coords).axes) == 2
