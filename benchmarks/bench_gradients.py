@@ -1,15 +1,20 @@
 """Benchmark of editing-area collection (chapter 5): vectors per second, batched vs one edit at a time, and peak memory.
 
-* ``loop``: one edit at a time — :meth:`~instructedit_utils.editor.MendEditor.edit` with ``return_factors=True``
-  (its own lower and upper pass), then the sketch and the norms of its transformed factors;
+* ``plain loop``: one edit at a time with plain forward passes of the whole model (no split forward, no
+  instruction-header cache) — how a straightforward loop computes it (EasyEdit-style, as in ``bench_evaluation``);
+* ``edit loop``: one edit at a time through :meth:`~instructedit_utils.editor.MendEditor.edit` with
+  ``return_factors=True`` — already with the split forward and the header cache;
 * ``batched``: :func:`~instructedit_utils.gradients.editing_areas` — ``--edit-batch`` edits per lower pass and per
   forward/backward pass of the edited blocks, one pass of the editor network.
+
+Every way then takes the sketch and the norms of the transformed factors.
 
 Both give the same vectors (checked: largest relative difference of norms and sketches). For each ``--ranks`` value
 an editor of that rank is built for the model (``--editor DIR`` uses a trained one instead) with its normalisation
 statistics filled from a few edits. Then, with ``--rss-editors`` editors (different seeds) and ``--rss-records``
-records per task, the full collection into a temporary run folder, and the process's peak RSS (targets: ≥ 3× the
-loop at the same thread count; peak RSS ≤ 1.5 GB for 4 tasks × 200 records × 3 editors). Not a test::
+records per task, the full collection into a temporary run folder as chapter 5 does it (the editors share one runner,
+so the lower blocks run once per prompt for all of them), and the process's peak RSS (targets: ≥ 3× the loop at the
+same thread count; peak RSS ≤ 1.5 GB for 4 tasks × 200 records × 3 editors). Not a test::
 
     python benchmarks/bench_gradients.py --threads 1
     python benchmarks/bench_gradients.py --threads 1 --ranks 256 --rss-records 0      # speed only
@@ -41,6 +46,80 @@ def _editor(model, tok, rank: int, seed: int, warm_requests, layers):
     return editor.eval()
 
 
+def _speed(editor, model, tok, requests, args) -> dict:
+    """Vectors per second of the plain loop, the edit loop and the batched path for one editor (same vectors)."""
+    import numpy as np
+    import torch
+
+    from instructedit_utils.editor import FullForward
+    from instructedit_utils.gradients import Sketch, editing_areas, frobenius_norms
+
+    sketch = Sketch(editor.targets, args.sketch_dim, seed=0)
+    names = [t.name for t in editor.targets]
+
+    def loop(plain: bool):
+        sk = {n: [] for n in names}
+        nm = {n: [] for n in names}
+        cached = editor._runners.get(id(model))
+        if plain:  # the whole model, every token, every edit
+            editor._runners[id(model)] = FullForward(model)
+        try:
+            with torch.no_grad():
+                for r in requests:
+                    tr = editor.edit(model, tok, r.prompt, r.target, header=None if plain else r.header,
+                                     return_factors=True).transformed
+                    for n in names:
+                        sk[n].append(sketch.project(n, tr[n], 1)[0].numpy())
+                        nm[n].append(frobenius_norms(tr[n], 1)[0].item())
+        finally:
+            if plain:
+                editor._runners.pop(id(model))
+                if cached is not None:
+                    editor._runners[id(model)] = cached
+        return {n: np.stack(v) for n, v in sk.items()}, {n: np.array(v) for n, v in nm.items()}
+
+    editing_areas(editor, model, tok, requests, sketch, args.edit_batch)  # warm-up: every header cached
+    timings, results = {}, {}
+    for way, fn in (("plain loop", lambda: loop(True)), ("edit loop", lambda: loop(False)),
+                    ("batched", lambda: editing_areas(editor, model, tok, requests, sketch, args.edit_batch))):
+        t0 = time.perf_counter()
+        results[way] = fn()
+        timings[way] = time.perf_counter() - t0
+    batched = results["batched"]
+    diff = 0.0
+    for way in ("plain loop", "edit loop"):
+        loop_sk, loop_norms = results[way]
+        for n in names:
+            diff = max(diff, float(np.max(np.abs(batched.norms[n] - loop_norms[n]) / loop_norms[n].clip(1e-12))),
+                       float(np.max(np.abs(batched.sketches[n] - loop_sk[n])) / np.abs(loop_sk[n]).max()))
+    n_req = len(requests)
+    return {**{f"{w}_vectors_per_s": n_req / t for w, t in timings.items()},
+            "speedup_vs_plain_loop": timings["plain loop"] / timings["batched"],
+            "speedup_vs_edit_loop": timings["edit loop"] / timings["batched"], "max_rel_diff": diff}
+
+
+def _collection(model, tok, requests, warm, layers, args) -> dict:
+    """The full collection as chapter 5 runs it: ``--rss-editors`` editors sharing one runner (the lower blocks run
+    once per prompt for all of them), written to a temporary run folder."""
+    from instructedit_utils import baselines
+    from instructedit_utils.forward import SplitForward
+    from instructedit_utils.gradients import AreaJob, Sketch, collect_many
+
+    rank = args.ranks[0]
+    editors = [_editor(model, tok, rank, args.seed + i, warm, layers) for i in range(args.rss_editors)]
+    shared = SplitForward(model, editors[0].first_block(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [AreaJob(baselines.build("mend", model, tok, editor=e, name=f"editor{i}"), requests,
+                        f"{tmp}/editor{i}", Sketch(e.targets, args.sketch_dim)) for i, e in enumerate(editors)]
+        t0 = time.perf_counter()
+        collect_many(jobs, model, tok, batch_edits=args.edit_batch, runner=shared)
+        elapsed = time.perf_counter() - t0
+    n = len(requests) * args.rss_editors
+    return {"editors": args.rss_editors, "records_per_task": args.rss_records, "vectors": n, "rank": rank,
+            "seconds": elapsed, "vectors_per_s": n / elapsed,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, ["counterfact", "recent", "convsent", "zsre"], 8)  # --records: speed comparison
@@ -52,75 +131,38 @@ def main() -> int:
     parser.add_argument("--rss-editors", type=int, default=3)
     args = parser.parse_args()
 
-    import numpy as np
-    import torch
-
     from instructedit_utils import baselines
     from instructedit_utils.config import ExperimentConfig
     from instructedit_utils.evaluation import task_requests
-    from instructedit_utils.gradients import Sketch, collect_areas, editing_areas, frobenius_norms
     from instructedit_utils.models import resolve_preset
 
     model, tok = load_frozen_model(args)
     layers = resolve_preset(args.model).edit_layers or None
     splits = ExperimentConfig(run_dir=tempfile.gettempdir(), tasks=tuple(args.tasks)).splits(args.tasks)
-    requests = task_requests(args.tasks, splits, args.records, seed=args.seed, instructions=True)
     warm = task_requests(args.tasks, splits, 2, seed=args.seed + 1, instructions=True)
+    out = {"model": args.model, "threads": args.threads, "edit_batch": args.edit_batch,
+           "sketch_dim": args.sketch_dim, "runs": {}}
+    if args.rss_records:  # first, so that the peak RSS is the collection's (ru_maxrss is the process's maximum)
+        rss_requests = task_requests(args.tasks, splits, args.rss_records, seed=args.seed, instructions=True)
+        out["collection"] = c = _collection(model, tok, rss_requests, warm, layers, args)
+        print(f"collection: {c['vectors']} vectors ({len(args.tasks)} tasks x up to {args.rss_records} records x "
+              f"{c['editors']} editors sharing the lower pass, rank {c['rank']}) in {c['seconds']:.0f} s "
+              f"({c['vectors_per_s']:.1f}/s); peak RSS {c['peak_rss_gb']:.2f} GB (target <= 1.5 GB)", flush=True)
+    requests = task_requests(args.tasks, splits, args.records, seed=args.seed, instructions=True)
+    out["edits"] = len(requests)
     editors = ({"trained": baselines.build("mend", model, tok, editor_dir=args.editor).editor} if args.editor else
                {f"rank {r}": _editor(model, tok, r, args.seed, warm, layers) for r in args.ranks})
-    out = {"model": args.model, "threads": args.threads, "edits": len(requests), "edit_batch": args.edit_batch,
-           "sketch_dim": args.sketch_dim, "runs": {}}
     for label, editor in editors.items():
-        sketch = Sketch(editor.targets, args.sketch_dim, seed=0)
-        names = [t.name for t in editor.targets]
-
-        def loop():
-            sk = {n: [] for n in names}
-            nm = {n: [] for n in names}
-            with torch.no_grad():
-                for r in requests:
-                    tr = editor.edit(model, tok, r.prompt, r.target, header=r.header, return_factors=True).transformed
-                    for n in names:
-                        sk[n].append(sketch.project(n, tr[n], 1)[0].numpy())
-                        nm[n].append(frobenius_norms(tr[n], 1)[0].item())
-            return {n: np.stack(v) for n, v in sk.items()}, {n: np.array(v) for n, v in nm.items()}
-
-        editing_areas(editor, model, tok, requests[:2], sketch, args.edit_batch)  # warm-up (header cache)
-        t0 = time.perf_counter()
-        loop_sk, loop_norms = loop()
-        t_loop = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        batched = editing_areas(editor, model, tok, requests, sketch, args.edit_batch)
-        t_batch = time.perf_counter() - t0
-        rel = max(float(np.max(np.abs(batched.norms[n] - loop_norms[n]) / np.abs(loop_norms[n]).clip(1e-12)))
-                  for n in names)
-        rel_sk = max(float(np.max(np.abs(batched.sketches[n] - loop_sk[n])) / np.abs(loop_sk[n]).max())
-                     for n in names)
-        out["runs"][label] = {"loop_vectors_per_s": len(requests) / t_loop,
-                              "batched_vectors_per_s": len(requests) / t_batch, "speedup": t_loop / t_batch,
-                              "max_rel_norm_diff": rel, "max_rel_sketch_diff": rel_sk}
-        print(f"{label}: loop {len(requests) / t_loop:.2f} vectors/s | batched {len(requests) / t_batch:.2f} "
-              f"vectors/s -> {t_loop / t_batch:.1f}x (target >= 3x); max rel. difference: norms {rel:.1e}, "
-              f"sketches {rel_sk:.1e}", flush=True)
-    if args.rss_records:
-        rss_requests = task_requests(args.tasks, splits, args.rss_records, seed=args.seed, instructions=True)
-        rank = args.ranks[0]
-        elapsed = 0.0
-        with tempfile.TemporaryDirectory() as tmp:
-            for i in range(args.rss_editors):
-                editor = _editor(model, tok, rank, args.seed + i, warm, layers)
-                method = baselines.build("mend", model, tok, editor=editor, name=f"editor{i}")
-                t0 = time.perf_counter()
-                collect_areas(method, model, tok, rss_requests, f"{tmp}/editor{i}",
-                              Sketch(editor.targets, args.sketch_dim), batch_edits=args.edit_batch)
-                elapsed += time.perf_counter() - t0
-        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-        n = len(rss_requests) * args.rss_editors
-        out["collection"] = {"editors": args.rss_editors, "records_per_task": args.rss_records, "vectors": n,
-                             "rank": rank, "seconds": elapsed, "vectors_per_s": n / elapsed, "peak_rss_gb": peak_gb}
-        print(f"collection: {n} vectors ({len(args.tasks)} tasks x {args.rss_records} records x {args.rss_editors} "
-              f"editors, rank {rank}) in {elapsed:.0f} s ({n / elapsed:.1f}/s); peak RSS {peak_gb:.2f} GB "
-              f"(target <= 1.5 GB)")
+        r = out["runs"][label] = _speed(editor, model, tok, requests, args)
+        print(f"{label}: plain loop {r['plain loop_vectors_per_s']:.2f} | edit loop {r['edit loop_vectors_per_s']:.2f} "
+              f"| batched {r['batched_vectors_per_s']:.2f} vectors/s -> {r['speedup_vs_plain_loop']:.1f}x the plain "
+              f"loop (target >= 3x), {r['speedup_vs_edit_loop']:.1f}x the edit loop; max rel. difference of norms "
+              f"and sketches: {r['max_rel_diff']:.1e}", flush=True)
+    if "collection" in out and f"rank {out['collection']['rank']}" in out["runs"]:
+        plain = out["runs"][f"rank {out['collection']['rank']}"]["plain loop_vectors_per_s"]
+        out["collection"]["speedup_vs_plain_loop"] = out["collection"]["vectors_per_s"] / plain
+        print(f"collection with shared lower passes: {out['collection']['speedup_vs_plain_loop']:.1f}x the plain "
+              f"loop of the same rank")
     print(json.dumps(out))
     return 0
 

@@ -195,9 +195,9 @@ class GradientConfig:
     """How editing gradients ("editing areas", chapter 5) are collected and analysed.
 
     Each edit's transformed gradient ``G̃ = Σ_t δ̃_t ũ_tᵀ`` of an edited matrix is stored as a seeded random sketch of
-    ``sketch_dim`` numbers (``p_i = a_iᵀ G̃ b_i / √k`` with Gaussian ``a_i``, ``b_i``: inner products of ``G̃`` are kept in
-    expectation, computed from the factors without forming ``G̃``) plus its exact Frobenius norm; see
-    :mod:`instructedit_utils.gradients`.
+    ``sketch_dim`` numbers (entries of ``G̃`` rotated on both sides by random signs and a Walsh–Hadamard transform, at
+    random positions: inner products of ``G̃`` are kept in expectation, computed from the factors without forming
+    ``G̃``) plus its exact Frobenius norm; see :mod:`instructedit_utils.gradients`.
     """
 
     sketch_dim: int = 2048  # random features per edited matrix

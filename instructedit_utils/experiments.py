@@ -234,24 +234,36 @@ def gradients(cfg: ExperimentConfig, model, tokenizer, editors: Mapping[str, Gra
               progress: Callable | None = None) -> dict[str, "Areas"]:
     """Collect (or resume) the editing areas of every editor into ``<run_dir>/gradients/<editor>/`` and return them
     per group (:class:`~instructedit_utils.gradients.Areas`, manifest column ``group`` added)."""
-    from .gradients import Areas, Sketch, collect_areas, load_areas
+    from .gradients import Areas, AreaJob, Sketch, collect_many, load_areas
 
     if cfg.gradients is None:
         raise ValueError("This experiment has no gradient config (no gradient-analysis parameters were given)")
     editors = editors if editors is not None else gradient_editors(cfg, model, tokenizer)
     device = next(model.parameters()).device
+    areas: dict[str, Areas] = {}
+    # editors that see the same prompts (instructions on, or off) and split at the same block share one runner: the
+    # lower blocks run once per distinct prompt for all of them
+    for on in (True, False):
+        names = [n for n, ed in editors.items() if ed.method.use_instructions == on]
+        if not names:
+            continue
+        starts = {editors[n].method.editor.first_block(model) for n in names}
+        shared = editors[names[0]].method.runner(model) if len(starts) == 1 else None
+        jobs = []
+        for name in names:
+            ed = editors[name]
+            requests = task_requests(ed.tasks, cfg.splits(ed.tasks), cfg.sample_per_task, seed=cfg.seed,
+                                     instructions=on, data_dir=cfg.data_dir, instruct_locality=cfg.instruct_locality)
+            sketch = Sketch(ed.method.editor.targets, cfg.gradients.sketch_dim, cfg.gradients.sketch_seed, device)
+            jobs.append(AreaJob(ed.method, requests, Path(cfg.run_dir) / "gradients" / name, sketch,
+                                settings=cfg.case_settings(ed.tasks, instructions=on)))
+        collect_many(jobs, model, tokenizer, batch_edits=cfg.gradients.edit_batch, progress=progress, runner=shared)
+        for name, job in zip(names, jobs):
+            areas[name] = load_areas(job.folder)
+            areas[name].manifest["group"] = editors[name].group
     groups: dict[str, list[Areas]] = {}
     for name, ed in editors.items():
-        on = ed.method.use_instructions
-        requests = task_requests(ed.tasks, cfg.splits(ed.tasks), cfg.sample_per_task, seed=cfg.seed,
-                                 instructions=on, data_dir=cfg.data_dir, instruct_locality=cfg.instruct_locality)
-        folder = Path(cfg.run_dir) / "gradients" / name
-        sketch = Sketch(ed.method.editor.targets, cfg.gradients.sketch_dim, cfg.gradients.sketch_seed, device)
-        collect_areas(ed.method, model, tokenizer, requests, folder, sketch, settings=cfg.case_settings(
-            ed.tasks, instructions=on), batch_edits=cfg.gradients.edit_batch, progress=progress)
-        areas = load_areas(folder)
-        areas.manifest["group"] = ed.group
-        groups.setdefault(ed.group, []).append(areas)
+        groups.setdefault(ed.group, []).append(areas[name])
     return {g: Areas.concat(parts) for g, parts in groups.items()}
 
 

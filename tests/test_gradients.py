@@ -224,3 +224,60 @@ def test_group_separation_and_projections_tables():
     from instructedit_utils.plotting import plot_editing_areas
 
     assert len(plot_editing_areas(coords).axes) == 2
+
+
+def test_hadamard_is_the_orthonormal_walsh_hadamard_transform():
+    from scipy.linalg import hadamard as explicit
+
+    x = torch.randn(3, 16, dtype=torch.float64)
+    assert torch.allclose(gradients.hadamard(x), x @ torch.tensor(explicit(16), dtype=torch.float64).T / 4.0)
+    assert torch.allclose(gradients.hadamard(gradients.hadamard(x)), x)  # H is symmetric and orthonormal
+    with pytest.raises(ValueError, match="power-of-two"):
+        gradients.hadamard(torch.zeros(2, 12))
+
+
+def test_editors_sharing_a_runner_reuse_lower_states_and_get_the_same_areas(tiny_llama, monkeypatch):
+    from instructedit_utils.forward import SplitForward
+
+    model, tok = tiny_llama
+    first, second = _editor(model, seed=0), _editor(model, seed=1)
+    reqs = build_requests(_records(4), instructions=True, seed=0)
+    sketch = Sketch(first.targets, 32)
+    alone = [editing_areas(e, model, tok, reqs, sketch, batch_edits=2) for e in (first, second)]
+    shared = SplitForward(model, first.first_block(model))
+    lowered = []
+    real = shared._lower
+    monkeypatch.setattr(shared, "_lower", lambda seqs, *a: lowered.append(len(seqs)) or real(seqs, *a))
+    with shared.reusing_states():
+        together = [editing_areas(e, model, tok, reqs, sketch, batch_edits=2, runner=shared) for e in (first, second)]
+    assert sum(lowered) == len(reqs)  # the second editor's lower pass came from the kept states
+    for a, b in zip(alone, together):
+        for n in a.sketches:
+            assert np.allclose(a.sketches[n], b.sketches[n], rtol=1e-4, atol=1e-6 * np.abs(a.sketches[n]).max())
+    with pytest.raises(ValueError, match="first edited block"):
+        editing_areas(first, model, tok, reqs, sketch, runner=SplitForward(model, 1))
+
+
+def test_collect_many_shares_lower_passes_per_chunk_and_matches_single_collections(tiny_llama, tmp_path,
+                                                                                   monkeypatch):
+    from instructedit_utils.forward import SplitForward
+
+    model, tok = tiny_llama
+    methods = [baselines.build("mend", model, tok, editor=_editor(model, seed=s), name=f"e{s}") for s in (0, 1)]
+    reqs = build_requests(_records(5), instructions=False)
+    sketch = Sketch(methods[0].editor.targets, 16)
+    for i, m in enumerate(methods):  # each alone
+        gradients.collect_areas(m, model, tok, reqs[:5 - 2 * i], tmp_path / f"alone{i}", sketch)
+    shared = SplitForward(model, methods[0].editor.first_block(model))
+    lowered = []
+    real = shared._lower
+    monkeypatch.setattr(shared, "_lower", lambda seqs, *a: lowered.append(len(seqs)) or real(seqs, *a))
+    jobs = [gradients.AreaJob(m, reqs[:5 - 2 * i], tmp_path / f"shared{i}", sketch) for i, m in enumerate(methods)]
+    gradients.collect_many(jobs, model, tok, runner=shared, chunk=2)
+    assert sum(lowered) == 5  # one lower pass per distinct prompt for both editors
+    assert shared._states is None  # no states kept after the collection
+    for i in range(2):
+        a, b = gradients.load_areas(tmp_path / f"alone{i}"), gradients.load_areas(tmp_path / f"shared{i}")
+        assert list(a.manifest["case_id"]) == list(b.manifest["case_id"]) == [r.case_id for r in reqs[:5 - 2 * i]]
+        for n in a.sketches:
+            assert np.allclose(a.sketches[n], b.sketches[n], rtol=1e-4, atol=1e-6 * np.abs(a.sketches[n]).max())
