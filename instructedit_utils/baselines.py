@@ -11,18 +11,23 @@ weights an edit may change (``first_edited_block``; the harness then replays onl
 :func:`~instructedit_utils.forward.score_split`; ``None`` = unknown, full forward passes) and a ``fingerprint`` of
 its trained state (a resumed evaluation refuses results of a different editor).
 
-Registered here: ``base`` (the unedited model, the Base column of Table 3) and ``mend`` (a trained MEND-family
-editor from :mod:`~instructedit_utils.training`: InstructEdit when it was trained with instructions, multi-task or
-single-task MEND without). New methods (FT-L, KE, GRACE, …) join with :func:`register`::
+Registered: ``base`` (the unedited model, the Base column of Table 3), ``mend`` (a trained MEND-family editor from
+:mod:`~instructedit_utils.training`: InstructEdit when it was trained with instructions, multi-task or single-task
+MEND without), ``ke`` (a trained KE editor, :mod:`~instructedit_utils.ke`) and the optimisation-based baselines
+``ft-l`` (:mod:`~instructedit_utils.ft`), ``calinet`` (:mod:`~instructedit_utils.calinet`) and ``grace``
+(:mod:`~instructedit_utils.grace`), built from options of their config dataclass. New methods join with
+:func:`register`::
 
-    @register("ft-l")
-    def _build_ftl(model, tokenizer, **options) -> EditingMethod: ...
+    @register("my-method", config=MyConfig)
+    def _build(model, tokenizer, **options) -> EditingMethod: ...
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
-from typing import Callable, Iterator
+import json
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
@@ -32,14 +37,18 @@ from .models import arch_spec
 
 Factory = Callable[..., "EditingMethod"]
 REGISTRY: dict[str, Factory] = {}
+CONFIGS: dict[str, type] = {}  # methods built from options alone (no trained state): their config dataclass
 
 
-def register(name: str) -> Callable[[Factory], Factory]:
-    """Decorator: make ``factory(model, tokenizer, **options) -> EditingMethod`` available as ``name``."""
+def register(name: str, config: type | None = None) -> Callable[[Factory], Factory]:
+    """Decorator: make ``factory(model, tokenizer, **options) -> EditingMethod`` available as ``name``; ``config``
+    is the dataclass its options fill (methods that need no training: the experiments build them from options)."""
     def wrap(factory: Factory) -> Factory:
         if name in REGISTRY:
             raise ValueError(f"Editing method {name!r} is registered already")
         REGISTRY[name] = factory
+        if config is not None:
+            CONFIGS[name] = config
         return factory
     return wrap
 
@@ -51,6 +60,23 @@ def build(kind: str, model: nn.Module, tokenizer, **options) -> "EditingMethod":
     except KeyError:
         raise KeyError(f"No editing method {kind!r}; registered: {sorted(REGISTRY)}") from None
     return factory(model, tokenizer, **options)
+
+
+def make_config(cls, options: dict[str, Any], method: str):
+    """``cls(**options)`` with an error naming ``method`` and the options it does not know."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"{method}: unknown option(s) {unknown}; {cls.__name__} has {sorted(known)}")
+    try:
+        return cls(**options)
+    except ValueError as exc:
+        raise ValueError(f"{method}: {exc}") from None
+
+
+def config_digest(config) -> str:
+    """A short digest of a config dataclass (part of a method's fingerprint: other hyperparameters, other cases)."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 class EditingMethod:
@@ -137,3 +163,13 @@ def _build_mend(model, tokenizer, *, editor_dir=None, editor: MendEditor | None 
     if editor is None:
         editor = MendEditor.load(editor_dir, model, device=next(model.parameters()).device)
     return TrainedEditor(editor, model, name)
+
+
+@register("ke")
+def _build_ke(model, tokenizer, **options) -> EditingMethod:
+    """A trained KE editor (:mod:`~instructedit_utils.ke`), loaded like MEND's (``editor_dir=`` or ``editor=``)."""
+    return _build_mend(model, tokenizer, **options)
+
+
+# The optimisation-based baselines register themselves on import (they build on the classes above).
+from . import calinet, ft, grace  # noqa: E402,F401

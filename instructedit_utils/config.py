@@ -67,7 +67,8 @@ class ExperimentConfig:
     gradients: "GradientConfig | None" = None  # editing-gradient collection and analysis (chapter 5)
     # --- evaluation settings (notebooks 03/04, instructedit-eval) ---
     editors_dir: str | None = None  # trained editors (default: the sibling run folder 02_editor_training)
-    methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base" or editor folders in editors_dir
+    methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base", ft-l/calinet/grace or editor folders
+    method_options: dict[str, dict] | None = None  # options of ft-l/calinet/grace (their config dataclasses)
     holdout_tasks: tuple[str, ...] = ("zsre",)  # tasks no editor was trained on
     holdout_split: str = "all"  # split hold-out tasks are sampled from (no multi-task editor saw any of it)
     descriptions_file: str | None = None  # external descriptions to test (unseen-instruction setting)
@@ -104,6 +105,14 @@ class ExperimentConfig:
         for name in self.methods:
             if not name or "/" in name:
                 raise ValueError(f"methods: {name!r} is not a plain name (an editor folder in editors_dir)")
+        self.method_options = {k: dict(v) for k, v in (self.method_options or {}).items()} or None
+        for name, options in (self.method_options or {}).items():
+            from .baselines import CONFIGS, make_config
+
+            if name not in CONFIGS:
+                raise ValueError(f"method_options: {name!r} takes no options (methods with options: "
+                                 f"{sorted(CONFIGS)})")
+            make_config(CONFIGS[name], options, name)
         if self.descriptions_file is not None:
             self.descriptions()  # validated now, before any model loads
         if self.single_task_steps is not None and self.single_task_steps < 1:
@@ -150,12 +159,17 @@ class ExperimentConfig:
         return cls(model=model, **fields)
 
     def editor_configs(self) -> dict[str, "MethodConfig"]:
-        """The two multi-task editors of the paper from :attr:`method`: ``instructedit`` (instructions on) and
-        ``mend`` (instructions off), identical otherwise."""
+        """The trained multi-task editors of the paper from :attr:`method`: ``instructedit`` (instructions on) and
+        ``mend`` (instructions off), identical otherwise, and ``ke`` (KE's conditioned hypernetwork on the same
+        mixture and budget, without instructions, raw gradients, its KL constraint; see
+        :mod:`instructedit_utils.ke`)."""
         if self.method is None:
             raise ValueError("This experiment has no method config (no editor parameters were given)")
-        return {name: dataclasses.replace(self.method, name=name, use_instructions=on)
-                for name, on in (("instructedit", True), ("mend", False))}
+        out = {name: dataclasses.replace(self.method, name=name, use_instructions=on)
+               for name, on in (("instructedit", True), ("mend", False))}
+        out["ke"] = dataclasses.replace(self.method, name="ke", method="ke", use_instructions=False, normalize=False,
+                                        edit_lr=self.method.ke_edit_lr)
+        return out
 
     def single_task_configs(self, use_instructions: bool = True) -> dict[str, "MethodConfig"]:
         """One single-task editor per training task (Table 1 / Fig. 4): ``<instructedit|mend>-<task>``."""
@@ -245,7 +259,7 @@ def config_table(config: "ExperimentConfig | MethodConfig") -> "pd.DataFrame":
                         ).set_index("parameter")
 
 
-METHODS = ("mend",)  # trainable editors; baselines register in instructedit_utils.baselines (issue 4)
+METHODS = ("mend", "ke")  # trained editors (MEND family, KE); other methods register in instructedit_utils.baselines
 
 
 @dataclass
@@ -286,6 +300,11 @@ class MethodConfig:
     sentiment_responses: int = 2  # ConvSent: responses per sentiment in the likelihood/unlikelihood loss
     max_target_tokens: int = 24  # ConvSent responses are cut to this many tokens in the training loss
     max_nonfinite: int = 10  # consecutive non-finite steps tolerated before training aborts
+    # --- KE (De Cao et al., 2021), the third trained editor: see instructedit_utils.ke ---
+    ke_hidden: int = 128  # width of KE's condition encoder (bi-LSTM) and of each conditioner's hidden layer
+    ke_edit_lr: float = 1e-2  # KE's initial step size on the raw (unnormalised) gradient
+    kl_margin: float = 0.05  # KE's constraint: locality KL <= kl_margin (Lagrange multiplier starts at c_loc)
+    lagrange_lr: float = 0.1  # step of the multiplier's dual ascent per training edit
     log_every: int = 10
     seed: int = 0
 
@@ -314,7 +333,7 @@ class MethodConfig:
                      "loc_probes", "sentiment_responses", "max_nonfinite", "log_every", "max_target_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MethodConfig.{name} must be >= 1")
-        for name in ("lr", "lr_lr", "grad_clip"):
+        for name in ("lr", "lr_lr", "grad_clip", "ke_edit_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"MethodConfig.{name} must be > 0")
         if self.c_edit < 0 or self.c_loc < 0 or self.c_edit + self.c_loc == 0:
@@ -325,6 +344,8 @@ class MethodConfig:
             raise ValueError("norm_warmup must be >= 1 when normalize is on (statistics must exist before use)")
         if self.patience < 0:
             raise ValueError("patience must be >= 0")
+        if self.ke_hidden < 1 or self.kl_margin < 0 or self.lagrange_lr < 0:
+            raise ValueError("ke_hidden must be >= 1, kl_margin and lagrange_lr >= 0")
 
     def weights(self) -> dict[str, float]:
         """Sampling weight per task (uniform when ``task_weights`` is None; missing tasks get 0)."""

@@ -242,18 +242,29 @@ class MendEditor(nn.Module):
         for t in self.targets:
             groups.setdefault(t.shape_key, []).append(t)
         self.mode = {t.name: groups[t.shape_key].index(t) for t in self.targets}
-        self.nets = nn.ModuleDict({
-            key: GradientNet(ts[0].in_dim + ts[0].out_dim, config.rank, config.n_blocks, len(ts))
-            for key, ts in groups.items()
-        })
+        self.nets = self.networks(groups)
         self.norms = nn.ModuleDict({_key(t.name): RunningNorm(t.in_dim + t.out_dim) for t in self.targets})
         self.edit_lrs = nn.ParameterDict({_key(t.name): nn.Parameter(torch.tensor(float(config.edit_lr)))
                                           for t in self.targets})
         self._runners: dict[int, Any] = {}
 
+    def networks(self, groups: Mapping[str, Sequence[EditTarget]]) -> nn.ModuleDict:
+        """The gradient networks: one :class:`GradientNet` per weight shape (subclasses bring their own)."""
+        return nn.ModuleDict({key: GradientNet(ts[0].in_dim + ts[0].out_dim, self.config.rank, self.config.n_blocks,
+                                               len(ts)) for key, ts in groups.items()})
+
     @classmethod
     def for_model(cls, model: nn.Module, config: MethodConfig, layers: Sequence[int] | None = None) -> "MendEditor":
         return cls(edit_targets(model, layers), config)
+
+    # ---- what differs between editor kinds (KE overrides these, see instructedit_utils.ke) ----------------------
+    def edit_context(self, model: nn.Module, input_ids: Sequence[int]) -> Any:
+        """What the transform is conditioned on besides the gradient (MEND: nothing)."""
+        return None
+
+    def objective(self, l_edit: torch.Tensor, l_loc: torch.Tensor) -> torch.Tensor:
+        """The training loss from the edit loss and the locality KL: ``c_edit·L_edit + c_loc·KL``."""
+        return self.config.c_edit * l_edit + self.config.c_loc * l_loc
 
     # ---- parameter groups -----------------------------------------------------------------------------------------
     def network_parameters(self) -> list[nn.Parameter]:
@@ -375,7 +386,7 @@ class MendEditor(nn.Module):
             x = norm.normalize(x)
         return x
 
-    def transform_all(self, factors: Mapping[str, Factors]) -> dict[str, Factors]:
+    def transform_all(self, factors: Mapping[str, Factors], context: Any = None) -> dict[str, Factors]:
         """Normalise each matrix's ``[u; δ]`` (updating the statistics in training mode) and map it through the
         network of its shape; the rows of all layers sharing a network go through it in one batch (per-row layer
         scale/shift), which is what makes the rank-1920 network cheap on CPU."""
@@ -439,7 +450,8 @@ class MendEditor(nn.Module):
         """
         factors, loss = self.raw_factors(model, tokenizer, prompt, target, header=header)
         with torch.no_grad():
-            transformed = self.transform_all(factors)
+            context = self.edit_context(model, encode_pair(tokenizer, prompt, target).input_ids)
+            transformed = self.transform_all(factors, context)
             deltas = self.deltas(transformed)
         return EditResult({k: v.detach() for k, v in deltas.items()}, float(loss),
                           raw=dict(factors) if return_factors else {},
@@ -478,7 +490,8 @@ class MendEditor(nn.Module):
             raise FileNotFoundError(f"No trained editor in {directory} (missing {EDITOR_META})")
         meta = json.loads(meta_path.read_text())
         targets = [EditTarget(**t) for t in meta["targets"]]
-        editor = cls(targets, MethodConfig.from_dict(meta["config"]))
+        config = MethodConfig.from_dict(meta["config"])
+        editor = editor_class(config)(targets, config, **meta.get("init", {}))
         if model is not None:
             params = dict(model.named_parameters())
             for t in targets:
@@ -487,6 +500,21 @@ class MendEditor(nn.Module):
         editor.load_state_dict(load_file(directory / EDITOR_WEIGHTS))
         editor.eval()
         return editor.to(device) if device is not None else editor
+
+
+def editor_class(config: MethodConfig) -> type[MendEditor]:
+    """The editor class of ``config.method``: :class:`MendEditor` (``mend``) or
+    :class:`~instructedit_utils.ke.KnowledgeEditor` (``ke``)."""
+    if config.method == "ke":
+        from .ke import KnowledgeEditor
+
+        return KnowledgeEditor
+    return MendEditor
+
+
+def make_editor(model: nn.Module, config: MethodConfig, layers: Sequence[int] | None = None) -> MendEditor:
+    """A fresh (untrained) editor of ``config.method`` for ``model``'s edited matrices in ``layers``."""
+    return editor_class(config).for_model(model, config, layers)
 
 
 def _atomic_json(path: Path, payload: Any) -> None:

@@ -61,13 +61,18 @@ def editors_dir(cfg: ExperimentConfig) -> Path:
 
 def load_methods(cfg: ExperimentConfig, model, tokenizer, names: Sequence[str] | None = None
                  ) -> dict[str, EditingMethod]:
-    """``base`` and the trained editors named in ``cfg.methods`` (folders of :func:`editors_dir`)."""
+    """The methods named in ``cfg.methods``: ``base``; ``ft-l``/``calinet``/``grace`` built from
+    ``cfg.method_options`` (their layer defaults to the edited layers of ``cfg.model``); any other name is a trained
+    editor (MEND, InstructEdit, KE), a folder of :func:`editors_dir`."""
     from .training import is_trained
 
     out: dict[str, EditingMethod] = {}
+    layers = cfg.model.edit_layers or ()
     for name in names or cfg.methods:
-        if name == "base":
-            out[name] = baselines.build("base", model, tokenizer)
+        if name == "base" or name in baselines.CONFIGS:
+            options = (cfg.method_options or {}).get(name, {})
+            out[name] = baselines.build(name, model, tokenizer, **({"default_layers": layers, **options}
+                                                                   if name != "base" else {}))
             continue
         folder = editors_dir(cfg) / name
         if not is_trained(folder):

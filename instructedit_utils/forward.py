@@ -316,6 +316,35 @@ class SplitForward:
         h = h[rows, positions - shift]
         return self.head(h) if logits else h
 
+    @torch.no_grad()
+    def prefix_states(self, seq: Sequence[int], lower: torch.Tensor, p: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Key/value states of the first ``p`` tokens of ``seq`` in the upper blocks (``lower``: the sequence's
+        residual stream entering block ``start``), under the hooks active now; for :meth:`suffix_logits`, which
+        replays only the tokens after them. One ``(keys, values)`` pair per block from 0 (zeros below ``start``:
+        those blocks never run on the suffix)."""
+        from transformers import DynamicCache
+
+        prefix = tuple(seq[:p])
+        head = self._prefixed_inputs([prefix], [0], [None])
+        head["use_cache"], head["cache"] = True, (cache := DynamicCache(config=self.model.config))
+        args, kw = self._run_until(self.blocks[0], **head)
+        self._replay(lower[None, :p], tuple(args[1:]), kw)
+        upper = [(layer.keys[:, :, :p].clone(), layer.values[:, :, :p].clone())
+                 for layer in cache.layers[self.start:]]
+        zeros = [(torch.zeros_like(upper[0][0]), torch.zeros_like(upper[0][1]))] * self.start
+        return zeros + upper
+
+    def suffix_logits(self, seq: Sequence[int], lower: torch.Tensor, p: int,
+                      kv: list[tuple[torch.Tensor, torch.Tensor]], positions: torch.Tensor) -> torch.Tensor:
+        """Logits at ``positions`` (all ``>= p``) of ``seq``, replaying only tokens ``p…`` through the upper blocks
+        against the prefix states ``kv`` of :meth:`prefix_states` (differentiable; the same logits as
+        :meth:`upper` on the whole sequence up to float rounding, as long as what changes acts at positions ``>= p``
+        only)."""
+        seq = tuple(seq)
+        args, kw = self._run_until(self.blocks[0], **self._prefixed_inputs([seq], [p], [kv]))
+        h = self._replay(lower[None, p:], tuple(args[1:]), kw)
+        return self.head(h[0, positions - p])
+
     def _replay(self, h: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
         for block in self.blocks[self.start:]:
             out = block(h, *args, **kwargs)

@@ -46,6 +46,7 @@ class ArchSpec:
     conv1d: bool = False
     final_norm: str = "model.norm"  # the norm after the last block (before the LM head)
     uniform_blocks: bool = True  # every block gets the same mask/position arguments (split forward possible)
+    mlp: str = "mlp"  # the MLP module of a block (where CaliNet's slots and GRACE's codebook attach)
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {

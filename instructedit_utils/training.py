@@ -44,7 +44,7 @@ import torch
 
 from .config import MethodConfig
 from .data import EditRecord, load_task, sample
-from .editor import EDITOR_META, MendEditor, _atomic_json, applied, nll
+from .editor import EDITOR_META, MendEditor, _atomic_json, applied, make_editor, nll
 from .evaluation import build_requests, score_requests
 from .instructions import EditRequest, make_edit_request
 from .metrics import Encoded, encode_pair
@@ -200,7 +200,7 @@ def edit_step(editor: MendEditor, model, example: TrainExample, config: MethodCo
     cr, cp = _all_positions(example.loc, 1, dev)
     factors, pre_loss, pre_loc = editor.inner_pass(model, runner, inner, er, ep, cr, cp,
                                                    targets=_labels([example.edit], dev))
-    transformed = editor.transform_all(factors)
+    transformed = editor.transform_all(factors, editor.edit_context(model, example.edit.input_ids))
     lr_, lp = _targets(example.likely, 0, dev)
     ur, up = _targets(example.unlikely, n_l, dev)
     cr, cp = _all_positions(example.loc, n_l + n_u, dev)
@@ -213,7 +213,7 @@ def edit_step(editor: MendEditor, model, example: TrainExample, config: MethodCo
     if nu:
         l_edit = l_edit + unlikelihood(post_u, _labels(example.unlikely, dev))
     l_loc = kl_pre_post(pre_loc, post_loc)
-    loss = config.c_edit * l_edit + config.c_loc * l_loc
+    loss = editor.objective(l_edit, l_loc)
 
     with torch.no_grad():
         acc = (post_l.argmax(-1) == likely_ids).float().mean()
@@ -393,67 +393,107 @@ def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pa
     log = log or (lambda msg: None)
     device = next(model.parameters()).device
     if is_trained(directory) and not _extendable(directory, config):
-        editor = _load_same_config(directory, model, config, device)
-        summary = json.loads((directory / DONE_FILE).read_text())
-        if summary["step"] > config.steps:
-            raise ValueError(f"{directory} holds an editor trained for {summary['step']} steps, more than the "
-                             f"{config.steps} requested; use another run folder or delete it")
-        log(f"[{config.name}] already trained ({summary['stop_reason']} at step {summary['step']}); loaded")
-        return TrainResult(editor, directory, summary)
+        return _load_finished(model, config, directory, device, log)
+    run = _Trainer(model, tokenizer, config, directory, accelerator, log, edit_layers, data_dir, train_records,
+                   val_requests, score_kwargs)
+    if run.state["step"] == 0 and run.state["best"] is None:
+        if config.normalize:
+            warm_up_normalization(run.editor, model, tokenizer, run.sampler.records, config)
+        run.validate()  # the untrained editor: the starting point of the curves
+        run.checkpoint()
 
-    if accelerator is None:
-        from accelerate import Accelerator
+    stop_reason = "steps"
+    bar = tqdm(total=config.steps, initial=run.state["step"], disable=not (progress and run.main), desc=config.name)
+    done_now = 0
+    while run.state["step"] < config.steps:
+        if stop_after is not None and done_now >= stop_after:
+            bar.close()
+            return TrainResult(run.editor, directory, {"stop_reason": "interrupted", **run.state})
+        step = run.step()
+        done_now += 1
+        bar.update(1)
+        if step % config.val_every == 0 or step == config.steps:
+            stop = run.validate()
+            run.checkpoint()
+            if stop:
+                stop_reason = "early_stopping"
+                break
+    bar.close()
+    return run.finish(stop_reason, device)
 
-        accelerator = Accelerator(cpu=device.type == "cpu")
-    main = accelerator.is_main_process
-    n_proc, rank = accelerator.num_processes, accelerator.process_index
-    if not main:
-        log = lambda msg: None  # noqa: E731 - one voice per run
-    directory.mkdir(parents=True, exist_ok=True)
-    last = directory / "last"
-    pad_id = tokenizer.pad_token_id
-    score_kwargs = {"max_rephrases": 3, "max_probes": 3, "max_aliases": 1, "sentiment_responses": 2,
-                    "fluency_max_new_tokens": 0, **(score_kwargs or {})}
 
-    if (last / STATE_FILE).is_file():
-        editor = _load_same_config(last, model, config, device)
-    else:
-        torch.manual_seed(config.seed)
-        editor = MendEditor.for_model(model, config, edit_layers).to(device)
-    editor.train()
-    optimizer = torch.optim.Adam([{"params": editor.network_parameters(), "lr": config.lr},
-                                  {"params": editor.step_size_parameters(), "lr": config.lr_lr}],
-                                 fused=device.type in ("cpu", "cuda"))
-    records = train_records or {t: load_task(t, "train", data_dir) for t in config.tasks}
-    sampler = TaskSampler(records, config.weights(), config.seed)
-    val_reqs = list(val_requests) if val_requests is not None else validation_requests(config, data_dir)
-    state = {"step": 0, "best": None, "best_step": None, "bad_rounds": 0, "nonfinite": 0, "skipped": 0,
-             "elapsed_s": 0.0}
-    if (last / STATE_FILE).is_file():
-        saved = torch.load(last / STATE_FILE, map_location=device, weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        sampler.load_state_dict(saved["sampler"])
-        state.update(saved["state"])
-        log(f"[{config.name}] resuming from step {state['step']}")
-    logs = RunFolder(directory)
-    for name in (TRAIN_LOG, VAL_LOG):
-        if main:
-            _truncate_log(logs, name, state["step"])
+def _load_finished(model, config: MethodConfig, directory: Path, device, log) -> TrainResult:
+    """The finished editor in ``directory`` (its config must be ``config``'s, its budget not above it)."""
+    editor = _load_same_config(directory, model, config, device)
+    summary = json.loads((directory / DONE_FILE).read_text())
+    if summary["step"] > config.steps:
+        raise ValueError(f"{directory} holds an editor trained for {summary['step']} steps, more than the "
+                         f"{config.steps} requested; use another run folder or delete it")
+    log(f"[{config.name}] already trained ({summary['stop_reason']} at step {summary['step']}); loaded")
+    return TrainResult(editor, directory, summary)
 
-    with torch.no_grad():
-        _, reference = score_requests(model, tokenizer, val_reqs, batch_size=16,
-                                      **{k: v for k, v in score_kwargs.items() if k != "fluency_max_new_tokens"})
 
-    def checkpoint() -> None:
-        if main:
-            editor.save(last, {"step": state["step"]})
-            _save_state(last / STATE_FILE, {"optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
-                                            "state": dict(state)})
+class _Trainer:
+    """The state of one training run and its named steps: :meth:`step` (one optimizer step), :meth:`validate`,
+    :meth:`checkpoint` and :meth:`finish`. Built fresh or from ``last/`` (resume)."""
 
-    def validate() -> bool:
+    def __init__(self, model, tokenizer, config: MethodConfig, directory: Path, accelerator, log, edit_layers,
+                 data_dir, train_records, val_requests, score_kwargs):
+        device = next(model.parameters()).device
+        if accelerator is None:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator(cpu=device.type == "cpu")
+        self.model, self.tokenizer, self.config, self.directory = model, tokenizer, config, directory
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.log = log if self.main else (lambda msg: None)  # one voice per run
+        directory.mkdir(parents=True, exist_ok=True)
+        self.last = directory / "last"
+        self.score_kwargs = {"max_rephrases": 3, "max_probes": 3, "max_aliases": 1, "sentiment_responses": 2,
+                             "fluency_max_new_tokens": 0, **(score_kwargs or {})}
+        resume = (self.last / STATE_FILE).is_file()
+        if resume:
+            self.editor = _load_same_config(self.last, model, config, device)
+        else:
+            torch.manual_seed(config.seed)
+            self.editor = make_editor(model, config, edit_layers).to(device)
+        self.editor.train()
+        self.optimizer = torch.optim.Adam([{"params": self.editor.network_parameters(), "lr": config.lr},
+                                           {"params": self.editor.step_size_parameters(), "lr": config.lr_lr}],
+                                          fused=device.type in ("cpu", "cuda"))
+        records = train_records or {t: load_task(t, "train", data_dir) for t in config.tasks}
+        self.sampler = TaskSampler(records, config.weights(), config.seed)
+        self.val_reqs = list(val_requests) if val_requests is not None else validation_requests(config, data_dir)
+        self.state = {"step": 0, "best": None, "best_step": None, "bad_rounds": 0, "nonfinite": 0, "skipped": 0,
+                      "elapsed_s": 0.0}
+        if resume:
+            saved = torch.load(self.last / STATE_FILE, map_location=device, weights_only=False)
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.sampler.load_state_dict(saved["sampler"])
+            self.state.update(saved["state"])
+            self.log(f"[{config.name}] resuming from step {self.state['step']}")
+        self.logs = RunFolder(directory)
+        for name in (TRAIN_LOG, VAL_LOG):
+            if self.main:
+                _truncate_log(self.logs, name, self.state["step"])
+        with torch.no_grad():
+            _, self.reference = score_requests(model, tokenizer, self.val_reqs, batch_size=16, **{
+                k: v for k, v in self.score_kwargs.items() if k != "fluency_max_new_tokens"})
+        self.window: dict[str, list[float]] = defaultdict(list)
+
+    def checkpoint(self) -> None:
+        if self.main:
+            self.editor.save(self.last, {"step": self.state["step"]})
+            _save_state(self.last / STATE_FILE, {"optimizer": self.optimizer.state_dict(),
+                                                 "sampler": self.sampler.state_dict(), "state": dict(self.state)})
+
+    def validate(self) -> bool:
         """Run validation, keep the best editor; return True when early stopping says stop."""
+        config, state = self.config, self.state
         t0 = time.perf_counter()
-        cases = edit_and_score(editor, model, tokenizer, val_reqs, reference, **score_kwargs)
+        cases = edit_and_score(self.editor, self.model, self.tokenizer, self.val_reqs, self.reference,
+                               **self.score_kwargs)
         metrics = validation_metrics(cases)
         value = metrics.get(config.early_stop_metric)
         if value is None:
@@ -463,105 +503,96 @@ def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pa
                                            else value < state["best"])
         if better:
             state.update(best=value, best_step=state["step"], bad_rounds=0)
-            if main:
-                editor.save(directory, {"step": state["step"], config.early_stop_metric: value})
+            if self.main:
+                self.editor.save(self.directory, {"step": state["step"], config.early_stop_metric: value})
         else:
             state["bad_rounds"] += 1
         row = {"step": state["step"], **metrics, "val/best": state["best"], "time/val_s": time.perf_counter() - t0}
-        if main:
-            logs.append_cases(VAL_LOG, [row])
-        log(f"[{config.name}] step {state['step']}: " + ", ".join(
+        if self.main:
+            self.logs.append_cases(VAL_LOG, [row])
+        self.log(f"[{config.name}] step {state['step']}: " + ", ".join(
             f"{k[4:]}={metrics[k]:.3f}" for k in ("val/edit/acc", "val/gen/acc", "val/loc/acc", "val/score")
             if k in metrics) + (" (best)" if better else f" (no gain {state['bad_rounds']}/{config.patience})"))
         return config.patience > 0 and state["bad_rounds"] >= config.patience
 
-    if state["step"] == 0 and state["best"] is None:
-        if config.normalize:
-            warm_up_normalization(editor, model, tokenizer, records, config)
-        validate()  # the untrained editor: the starting point of the curves
-        checkpoint()
-
-    stop_reason = "steps"
-    bar = tqdm(total=config.steps, initial=state["step"], disable=not (progress and main), desc=config.name)
-    window: dict[str, list[float]] = defaultdict(list)
-    done_now = 0
-    while state["step"] < config.steps:
-        if stop_after is not None and done_now >= stop_after:
-            bar.close()
-            return TrainResult(editor, directory, {"stop_reason": "interrupted", **state})
-        t0 = time.perf_counter()
-        step = state["step"] + 1
-        optimizer.zero_grad(set_to_none=True)
-        step_metrics: dict[str, list[float]] = defaultdict(list)
-        finite = True
-        for micro in range(config.grad_accumulation):
-            rng = random.Random(f"{config.seed}/{step}/{micro}/{rank}")
-            record = sampler.draw(rng)
-            request = make_edit_request(record, instructions=config.use_instructions, rng=rng)
-            example = make_example(request, tokenizer, rng, config)
-            loss, metrics = edit_step(editor, model, example, config, pad_id)
+    def _edits(self, step: int) -> tuple[bool, dict[str, list[float]]]:
+        """Loss and backward pass of the ``grad_accumulation`` edits of ``step``; (all finite, their metrics)."""
+        metrics: dict[str, list[float]] = defaultdict(list)
+        for micro in range(self.config.grad_accumulation):
+            rng = random.Random(f"{self.config.seed}/{step}/{micro}/{self.accelerator.process_index}")
+            record = self.sampler.draw(rng)
+            request = make_edit_request(record, instructions=self.config.use_instructions, rng=rng)
+            example = make_example(request, self.tokenizer, rng, self.config)
+            loss, values = edit_step(self.editor, self.model, example, self.config, self.tokenizer.pad_token_id)
             if not torch.isfinite(loss):
-                finite = False
-                break
-            (loss / config.grad_accumulation).backward()
-            for k, v in metrics.items():
-                step_metrics[k].append(v)
+                return False, metrics
+            (loss / self.config.grad_accumulation).backward()
+            for k, v in values.items():
+                metrics[k].append(v)
                 if k in ("edit/acc", "loc/acc"):
-                    step_metrics[f"{example.task}/{k}"].append(v)
-        params = [p for p in editor.parameters() if p.grad is not None]
-        if n_proc > 1:
+                    metrics[f"{example.task}/{k}"].append(v)
+        return True, metrics
+
+    def _update(self, step: int, finite: bool) -> torch.Tensor:
+        """Average across processes, clip, and take the optimizer step unless something is non-finite (guarded)."""
+        config, state = self.config, self.state
+        params = [p for p in self.editor.parameters() if p.grad is not None]
+        if self.accelerator.num_processes > 1:
             for p in params:
-                p.grad = accelerator.reduce(p.grad, reduction="mean")
-            for buf_name, buf in editor.named_buffers():
-                buf.copy_(accelerator.reduce(buf, reduction="mean"))
+                p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+            for _, buf in self.editor.named_buffers():
+                buf.copy_(self.accelerator.reduce(buf, reduction="mean"))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if params else torch.tensor(0.0)
-        finite = finite and bool(torch.isfinite(grad_norm))
-        if finite:
-            optimizer.step()
+        if finite and bool(torch.isfinite(grad_norm)):
+            self.optimizer.step()
             state["nonfinite"] = 0
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            state["nonfinite"] += 1
-            state["skipped"] += 1
-            log(f"[{config.name}] step {step}: non-finite loss or gradient, update skipped "
-                f"({state['nonfinite']} in a row, {state['skipped']} in total)")
-            if state["nonfinite"] >= config.max_nonfinite:
-                raise FloatingPointError(f"{config.name}: {state['nonfinite']} non-finite steps in a row at step "
-                                         f"{step}; lower lr/edit_lr or check the data")
-        state["step"] = step
+            return grad_norm
+        self.optimizer.zero_grad(set_to_none=True)
+        state["nonfinite"] += 1
+        state["skipped"] += 1
+        self.log(f"[{config.name}] step {step}: non-finite loss or gradient, update skipped "
+                 f"({state['nonfinite']} in a row, {state['skipped']} in total)")
+        if state["nonfinite"] >= config.max_nonfinite:
+            raise FloatingPointError(f"{config.name}: {state['nonfinite']} non-finite steps in a row at step "
+                                     f"{step}; lower lr/edit_lr or check the data")
+        return grad_norm
+
+    def step(self) -> int:
+        """One optimizer step (edits, update, logging); returns its number."""
+        t0 = time.perf_counter()
+        step = self.state["step"] + 1
+        self.optimizer.zero_grad(set_to_none=True)
+        finite, metrics = self._edits(step)
+        grad_norm = self._update(step, finite)
+        self.state["step"] = step
         dt = time.perf_counter() - t0
-        state["elapsed_s"] += dt
-        done_now += 1
-        bar.update(1)
-        for k, v in step_metrics.items():
-            window[k] += v
-        window["grad/norm"].append(float(grad_norm))
-        window["time/step_s"].append(dt)
-        if step % config.log_every == 0 or step == config.steps:
-            row = {"step": step, **{k: float(np.mean(v)) for k, v in window.items()},
-                   "lr/edit_mean": float(torch.stack(editor.step_size_parameters()).detach().mean()),
-                   "guard/skipped": state["skipped"]}
-            if main:
-                logs.append_cases(TRAIN_LOG, [row])
-            bar.set_postfix(loss=f"{row['loss/total']:.3f}" if "loss/total" in row else "nan")
-            window.clear()
-        if step % config.val_every == 0 or step == config.steps:
-            stop = validate()
-            checkpoint()
-            if stop:
-                stop_reason = "early_stopping"
-                break
-    bar.close()
-    accelerator.wait_for_everyone()
-    summary = {"stop_reason": stop_reason, "step": state["step"], "best_step": state["best_step"],
-               "best": state["best"], "metric": config.early_stop_metric, "skipped_steps": state["skipped"],
-               "train_time_s": state["elapsed_s"], "processes": n_proc}
-    if main:
-        _atomic_json(directory / DONE_FILE, summary)
-    best = MendEditor.load(directory, model, device=device)
-    log(f"[{config.name}] finished: {stop_reason} at step {state['step']}, best {config.early_stop_metric}="
-        f"{state['best']:.3f} at step {state['best_step']}")
-    return TrainResult(best, directory, summary)
+        self.state["elapsed_s"] += dt
+        for k, v in metrics.items():
+            self.window[k] += v
+        self.window["grad/norm"].append(float(grad_norm))
+        self.window["time/step_s"].append(dt)
+        if step % self.config.log_every == 0 or step == self.config.steps:
+            row = {"step": step, **{k: float(np.mean(v)) for k, v in self.window.items()},
+                   "lr/edit_mean": float(torch.stack(self.editor.step_size_parameters()).detach().mean()),
+                   "guard/skipped": self.state["skipped"]}
+            if self.main:
+                self.logs.append_cases(TRAIN_LOG, [row])
+            self.window.clear()
+        return step
+
+    def finish(self, stop_reason: str, device) -> TrainResult:
+        """Write ``done.json`` and return the best editor."""
+        config, state = self.config, self.state
+        self.accelerator.wait_for_everyone()
+        summary = {"stop_reason": stop_reason, "step": state["step"], "best_step": state["best_step"],
+                   "best": state["best"], "metric": config.early_stop_metric, "skipped_steps": state["skipped"],
+                   "train_time_s": state["elapsed_s"], "processes": self.accelerator.num_processes}
+        if self.main:
+            _atomic_json(self.directory / DONE_FILE, summary)
+        best = MendEditor.load(self.directory, self.model, device=device)
+        self.log(f"[{config.name}] finished: {stop_reason} at step {state['step']}, best {config.early_stop_metric}="
+                 f"{state['best']:.3f} at step {state['best_step']}")
+        return TrainResult(best, self.directory, summary)
 
 
 # --------------------------------------------------------------------------------------------------------------------
