@@ -63,6 +63,7 @@ class ExperimentConfig:
     sentiment_responses: int = 4  # responses per sentiment scored for ConvSent success
     length_sample_per_task: int | None = 300  # records per task for token-length statistics
     live_edits: int = 3  # example edits shown before/after in the training chapter
+    train_workers: int = 1  # editors trained at once, each in its own process (see training.train_editors)
     method: "MethodConfig | None" = None  # the editor and its training (notebooks that train/use editors)
     gradients: "GradientConfig | None" = None  # editing-gradient collection and analysis (chapter 5)
     # --- evaluation settings (notebooks 03/04, instructedit-eval) ---
@@ -94,7 +95,8 @@ class ExperimentConfig:
                 raise ValueError(f"{role} {task!r} has no split {split!r}; it has {list(task_spec(task).splits)}")
         if self.sample_per_task is not None and self.sample_per_task < 1:
             raise ValueError("sample_per_task must be >= 1 or None")
-        for name in ("batch_size", "max_rephrases", "max_probes", "max_aliases", "sentiment_responses"):
+        for name in ("batch_size", "max_rephrases", "max_probes", "max_aliases", "sentiment_responses",
+                     "train_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.fluency_max_new_tokens < 0:

@@ -201,3 +201,27 @@ def test_experiment_config_routes_method_parameters():
     assert not single["mend-counterfact"].use_instructions
     with pytest.raises(TypeError, match="Unknown"):
         ExperimentConfig.from_parameters(run_dir="x", rnak=3)
+
+
+def test_parallel_workers_train_the_same_editors_as_one_process(tiny_llama, tmp_path, shared_data):
+    """Two editors trained in two spawned worker processes (1 thread each) equal the same editors trained here one
+    after the other (up to float rounding of other thread counts)."""
+    from instructedit_utils.config import ModelConfig
+
+    model, tok = tiny_llama
+    configs = {n: _config(name=n, use_instructions=n == "ie", tasks=("counterfact",), steps=2, val_every=2,
+                          val_records_per_task=2, norm_warmup=2) for n in ("ie", "me")}
+    assert training.worker_threads(2, 2) == 1 and training.worker_threads(2, 3) == 1
+    assert training.worker_threads(4, 2) == 2
+    seq = ExperimentConfig(run_dir=str(tmp_path / "seq"), model=ModelConfig(name="tiny-llama"))
+    one = training.train_editors(seq, model, tok, configs, workers=1, log=None)
+    par = ExperimentConfig(run_dir=str(tmp_path / "par"), model=ModelConfig(name="tiny-llama", num_threads=2),
+                           train_workers=2)
+    both = training.train_editors(par, model, tok, configs, log=None)
+    for name in configs:
+        assert both[name].summary["step"] == 2
+        a, b = _state(one[name].editor), _state(both[name].editor)
+        assert a.keys() == b.keys()
+        assert all(torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-6) for k in a), name
+    with pytest.raises(ValueError, match="train_workers must be >= 1"):
+        ExperimentConfig(run_dir="runs/x", train_workers=0)
