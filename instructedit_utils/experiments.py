@@ -168,18 +168,14 @@ def single_task_configs(cfg: ExperimentConfig) -> dict[str, MethodConfig]:
 
 def train_single_task_editors(cfg: ExperimentConfig, model, tokenizer, progress: bool = False,
                               names: Sequence[str] | None = None) -> dict[str, EditingMethod]:
-    """Train (or load) the single-task editors into ``<run_dir>/transfer/editors/<name>``."""
-    from .training import train_editor
+    """Train (or load) the single-task editors into ``<run_dir>/transfer/editors/<name>`` (``cfg.train_workers`` of
+    them at a time, :func:`~instructedit_utils.training.train_editors`)."""
+    from .training import train_editors
 
-    out = {}
-    for name, config in single_task_configs(cfg).items():
-        if names and name not in names:
-            continue
-        result = train_editor(model, tokenizer, config, Path(cfg.run_dir) / "transfer" / "editors" / name,
-                              edit_layers=cfg.model.edit_layers, data_dir=cfg.data_dir, progress=progress,
-                              log=print if progress else None)
-        out[name] = TrainedEditor(result.editor, model, name)
-    return out
+    configs = {name: c for name, c in single_task_configs(cfg).items() if not names or name in names}
+    results = train_editors(cfg, model, tokenizer, configs, directory=Path(cfg.run_dir) / "transfer" / "editors",
+                            progress=progress, log=print if progress else None)
+    return {name: TrainedEditor(r.editor, model, name) for name, r in results.items()}
 
 
 def transfer(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, EditingMethod] | None = None,

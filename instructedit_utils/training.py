@@ -606,9 +606,10 @@ def worker_threads(total: int | None, workers: int) -> int:
 
 
 def train_editors(cfg, model, tokenizer, configs: dict[str, MethodConfig] | None = None, *,
-                  workers: int | None = None, progress: bool = False,
+                  workers: int | None = None, directory: str | os.PathLike | None = None, progress: bool = False,
                   log: Callable[[str], None] | None = print) -> dict[str, TrainResult]:
-    """Train (or load) the editors ``configs`` (default: ``cfg.editor_configs()``) into ``<cfg.run_dir>/<name>``.
+    """Train (or load) the editors ``configs`` (default: ``cfg.editor_configs()``) into ``<directory>/<name>``
+    (default ``directory``: ``cfg.run_dir``).
 
     With ``workers`` (default ``cfg.train_workers``) above 1, the editors not finished yet train at the same time,
     each in its own process (spawned, loading ``cfg.model`` itself) with :func:`worker_threads` threads, so workers
@@ -617,7 +618,7 @@ def train_editors(cfg, model, tokenizer, configs: dict[str, MethodConfig] | None
     that fails raises here; the others' finished or checkpointed runs stay (rerun to resume)."""
     configs = configs if configs is not None else cfg.editor_configs()
     workers = cfg.train_workers if workers is None else workers
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(directory if directory is not None else cfg.run_dir)
     pending = [n for n, c in configs.items() if not is_trained(run_dir / n) or _extendable(run_dir / n, c)]
     if workers > 1 and len(pending) > 1 and cfg.model.device == "cpu":
         import multiprocessing
