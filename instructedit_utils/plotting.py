@@ -55,7 +55,7 @@ def plot_metric_bars(summary: pd.DataFrame, hue: str = "task", metrics: Sequence
         ax.bar(xs, means, width=width, color=color, label=name, yerr=err, capsize=3)
     ax.set_xticks(range(len(labels)), labels, rotation=15)
     ax.set(ylabel="score (%)", ylim=(0, 105), title=title)
-    ax.legend(title=hue, fontsize="small")
+    ax.legend(title=hue, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -110,7 +110,7 @@ def plot_method_bars(summary: pd.DataFrame, metric: str, x: str = "task", hue: s
     label = metric_label(metric) + (" (%)" if is_fraction(metric) else "")
     ax.set(ylabel=label, title=title if title is not None else metric_label(metric),
            ylim=(0, 105) if is_fraction(metric) else None)
-    ax.legend(title=hue, fontsize="small", loc="lower right")
+    ax.legend(title=hue, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
