@@ -63,7 +63,7 @@ class ExperimentConfig:
     sentiment_responses: int = 4  # responses per sentiment scored for ConvSent success
     length_sample_per_task: int | None = 300  # records per task for token-length statistics
     live_edits: int = 3  # example edits shown before/after in the training chapter
-    train_workers: int = 1  # editors trained at once, each in its own process (see training.train_editors)
+    workers: int | None = 1  # processes working at once (editors trained, methods evaluated); None: one per core
     method: "MethodConfig | None" = None  # the editor and its training (notebooks that train/use editors)
     gradients: "GradientConfig | None" = None  # editing-gradient collection and analysis (chapter 5)
     # --- evaluation settings (notebooks 03/04, instructedit-eval) ---
@@ -95,10 +95,11 @@ class ExperimentConfig:
                 raise ValueError(f"{role} {task!r} has no split {split!r}; it has {list(task_spec(task).splits)}")
         if self.sample_per_task is not None and self.sample_per_task < 1:
             raise ValueError("sample_per_task must be >= 1 or None")
-        for name in ("batch_size", "max_rephrases", "max_probes", "max_aliases", "sentiment_responses",
-                     "train_workers"):
+        for name in ("batch_size", "max_rephrases", "max_probes", "max_aliases", "sentiment_responses"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers must be >= 1 or None (one per core)")
         if self.fluency_max_new_tokens < 0:
             raise ValueError("fluency_max_new_tokens must be >= 0")
         self.methods = tuple(self.methods)
@@ -119,6 +120,14 @@ class ExperimentConfig:
             self.descriptions()  # validated now, before any model loads
         if self.single_task_steps is not None and self.single_task_steps < 1:
             raise ValueError("single_task_steps must be >= 1 or None")
+
+    def n_workers(self) -> int:
+        """Processes that may work at once: :attr:`workers`, or one per core when it is None. On a GPU, one."""
+        import os
+
+        if self.model.device != "cpu":
+            return 1
+        return self.workers or os.cpu_count() or 1
 
     def split_of(self, task: str) -> str:
         """The split a task's cases are sampled from: :attr:`holdout_split` for hold-out tasks, else :attr:`split`."""

@@ -82,22 +82,74 @@ def load_methods(cfg: ExperimentConfig, model, tokenizer, names: Sequence[str] |
     return out
 
 
+def _requests(cfg: ExperimentConfig, method: EditingMethod, tasks: Sequence[str], description):
+    described = description if method.use_instructions else None
+    return described, task_requests(tasks, cfg.splits(tasks), cfg.sample_per_task, seed=cfg.seed,
+                                    instructions=method.use_instructions, data_dir=cfg.data_dir,
+                                    instruct_locality=cfg.instruct_locality, description=described)
+
+
 def _evaluate(cfg: ExperimentConfig, setting: str, methods: Mapping[str, EditingMethod], model, tokenizer,
               tasks: Sequence[str], *, condition: str | None = None, description: int | str | None = None,
-              progress: Callable | None = None) -> list[dict[str, Any]]:
+              progress: Callable | None = None, parallel: bool = False) -> list[dict[str, Any]]:
+    """Evaluate every method (resumable case files). With ``parallel``, methods of ``cfg.methods`` with unfinished
+    cases are first evaluated in worker processes (:func:`_evaluate_in_workers`); here they are then read back."""
     folder = RunFolder(Path(cfg.run_dir) / setting)
+    if parallel:
+        _evaluate_in_workers(cfg, setting, methods, tasks, condition, description)
     out = []
     for name, method in methods.items():
-        described = description if method.use_instructions else None
-        requests = task_requests(tasks, cfg.splits(tasks), cfg.sample_per_task, seed=cfg.seed,
-                                 instructions=method.use_instructions, data_dir=cfg.data_dir,
-                                 instruct_locality=cfg.instruct_locality, description=described)
+        described, requests = _requests(cfg, method, tasks, description)
         file = f"cases_{name}" + (f"_{condition}" if condition else "")
         settings = cfg.case_settings(tasks, instructions=method.use_instructions, description=described)
         cases = evaluate_method(method, model, tokenizer, requests, run=folder, name=file, progress=progress,
                                 settings=settings, **cfg.score_kwargs())
         out += [{**c, "setting": setting, "condition": condition or "seen"} for c in cases]
     return out
+
+
+def _evaluate_in_workers(cfg: ExperimentConfig, setting: str, methods: Mapping[str, EditingMethod],
+                         tasks: Sequence[str], condition: str | None, description) -> None:
+    """Evaluate the methods with unfinished cases side by side: one job per method, ``cfg.n_workers()`` spawned
+    processes with ``num_threads // workers`` threads each (never oversubscribed), each loading the model and
+    building the method from ``cfg`` by name (so only names of ``cfg.methods`` go to workers). Every case is computed
+    exactly as in this process; the case files are per method, so workers never write the same file."""
+    from .training import worker_threads
+
+    candidates = [name for name in methods if name in cfg.methods]
+    if cfg.n_workers() < 2 or len(candidates) < 2:
+        return
+    folder = RunFolder(Path(cfg.run_dir) / setting)
+    pending = []
+    for name, method in methods.items():
+        file = f"cases_{name}" + (f"_{condition}" if condition else "")
+        if name in candidates and {r.case_id for r in _requests(cfg, method, tasks, description)[1]} - \
+                folder.done_ids(file):
+            pending.append(name)
+    workers = min(cfg.n_workers(), len(pending))
+    if workers < 2:
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = worker_threads(cfg.model.num_threads, workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_evaluate_worker, cfg, setting, name, tuple(tasks), condition, description, threads)
+                for name in pending]
+        for job in jobs:
+            job.result()
+
+
+def _evaluate_worker(cfg: ExperimentConfig, setting: str, name: str, tasks: tuple[str, ...], condition, description,
+                     threads: int) -> None:
+    from . import setup_torch
+    from .models import load_model
+
+    setup_torch(threads, cfg.seed)
+    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    model.requires_grad_(False)
+    _evaluate(cfg, setting, load_methods(cfg, model, tokenizer, [name]), model, tokenizer, tasks,
+              condition=condition, description=description)
 
 
 def _summary(cfg: ExperimentConfig, setting: str, cases: list[dict[str, Any]], by: Sequence[str]) -> pd.DataFrame:
@@ -110,7 +162,7 @@ def multitask(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Edi
               progress: Callable | None = None) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Every method on the test split of each of ``cfg.tasks`` (the training tasks). Returns (cases, summary)."""
     methods = methods if methods is not None else load_methods(cfg, model, tokenizer)
-    cases = _evaluate(cfg, "multitask", methods, model, tokenizer, cfg.tasks, progress=progress)
+    cases = _evaluate(cfg, "multitask", methods, model, tokenizer, cfg.tasks, progress=progress, parallel=True)
     return cases, _summary(cfg, "multitask", cases, ("method", "task"))
 
 
@@ -119,7 +171,8 @@ def holdout(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Editi
     """The same methods on ``cfg.holdout_tasks`` (ZsRE), which no editor saw in training, sampled from
     ``cfg.holdout_split`` (default: all of the task's records)."""
     methods = methods if methods is not None else load_methods(cfg, model, tokenizer)
-    cases = _evaluate(cfg, "holdout", methods, model, tokenizer, cfg.holdout_tasks, progress=progress)
+    cases = _evaluate(cfg, "holdout", methods, model, tokenizer, cfg.holdout_tasks, progress=progress,
+                      parallel=True)
     return cases, _summary(cfg, "holdout", cases, ("method", "task"))
 
 
@@ -168,7 +221,7 @@ def single_task_configs(cfg: ExperimentConfig) -> dict[str, MethodConfig]:
 
 def train_single_task_editors(cfg: ExperimentConfig, model, tokenizer, progress: bool = False,
                               names: Sequence[str] | None = None) -> dict[str, EditingMethod]:
-    """Train (or load) the single-task editors into ``<run_dir>/transfer/editors/<name>`` (``cfg.train_workers`` of
+    """Train (or load) the single-task editors into ``<run_dir>/transfer/editors/<name>`` (``cfg.workers`` of
     them at a time, :func:`~instructedit_utils.training.train_editors`)."""
     from .training import train_editors
 

@@ -611,13 +611,13 @@ def train_editors(cfg, model, tokenizer, configs: dict[str, MethodConfig] | None
     """Train (or load) the editors ``configs`` (default: ``cfg.editor_configs()``) into ``<directory>/<name>``
     (default ``directory``: ``cfg.run_dir``).
 
-    With ``workers`` (default ``cfg.train_workers``) above 1, the editors not finished yet train at the same time,
+    With ``workers`` (default ``cfg.n_workers()``) above 1, the editors not finished yet train at the same time,
     each in its own process (spawned, loading ``cfg.model`` itself) with :func:`worker_threads` threads, so workers
     × threads never exceeds ``cfg.model.num_threads``; then every editor is loaded here. Each run is the same as
     alone (its randomness depends only on its config and step), so a result does not depend on ``workers``. A worker
     that fails raises here; the others' finished or checkpointed runs stay (rerun to resume)."""
     configs = configs if configs is not None else cfg.editor_configs()
-    workers = cfg.train_workers if workers is None else workers
+    workers = cfg.n_workers() if workers is None else workers
     run_dir = Path(directory if directory is not None else cfg.run_dir)
     pending = [n for n, c in configs.items() if not is_trained(run_dir / n) or _extendable(run_dir / n, c)]
     if workers > 1 and len(pending) > 1 and cfg.model.device == "cpu":

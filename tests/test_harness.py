@@ -242,3 +242,35 @@ def test_experiment_rerun_with_other_settings_is_refused(tmp_path, monkeypatch, 
         experiments.multitask(changed, model, tok, methods)
     assert "cases_base.jsonl" in str(err.value)
     assert "sample_per_task: 2 → 3" in str(err.value) and "scoring/max_probes: 3 → 1" in str(err.value)
+
+
+def test_methods_evaluated_in_worker_processes_equal_one_process(tiny_llama, tmp_path, shared_data, monkeypatch):
+    from instructedit_utils.config import ModelConfig
+
+    model, tok = tiny_llama
+    model.requires_grad_(False)
+    original, written = experiments._evaluate_in_workers, {}
+
+    def spy(cfg, setting, *args):  # what the workers left in the run folder before this process evaluates
+        original(cfg, setting, *args)
+        folder = RunFolder(f"{cfg.run_dir}/{setting}")
+        written[cfg.workers] = {m: len(folder.done_ids(f"cases_{m}")) for m in cfg.methods}
+
+    monkeypatch.setattr(experiments, "_evaluate_in_workers", spy)
+
+    def run(name, workers):
+        cfg = ExperimentConfig(run_dir=str(tmp_path / name / "03"), model=ModelConfig(name="tiny-llama", num_threads=2),
+                               tasks=("counterfact",), holdout_tasks=(), sample_per_task=2,
+                               methods=("base", "ft-l", "grace"), fluency_max_new_tokens=0, workers=workers,
+                               method_options={"ft-l": {"steps": 3}, "grace": {"steps": 3}})
+        return experiments.multitask(cfg, model, tok, experiments.load_methods(cfg, model, tok))[0]
+
+    one, two = run("seq", 1), run("par", 2)
+    key = lambda c: (c["method"], c["case_id"])  # noqa: E731
+    one, two = sorted(one, key=key), sorted(two, key=key)
+    assert [key(c) for c in one] == [key(c) for c in two] and len(one) == 6
+    for a, b in zip(one, two):
+        for metric in ("edit/acc", "gen/acc", "loc/acc", "base/edit/acc"):
+            assert a.get(metric) == pytest.approx(b.get(metric), abs=1e-6), (key(a), metric)
+    assert written[2] == {"base": 2, "ft-l": 2, "grace": 2}  # the workers computed every case
+    assert written[1] == {"base": 0, "ft-l": 0, "grace": 0}  # one worker: this process computes them

@@ -216,12 +216,12 @@ def test_parallel_workers_train_the_same_editors_as_one_process(tiny_llama, tmp_
     seq = ExperimentConfig(run_dir=str(tmp_path / "seq"), model=ModelConfig(name="tiny-llama"))
     one = training.train_editors(seq, model, tok, configs, workers=1, log=None)
     par = ExperimentConfig(run_dir=str(tmp_path / "par"), model=ModelConfig(name="tiny-llama", num_threads=2),
-                           train_workers=2)
+                           workers=2)
     both = training.train_editors(par, model, tok, configs, log=None)
     for name in configs:
         assert both[name].summary["step"] == 2
         a, b = _state(one[name].editor), _state(both[name].editor)
         assert a.keys() == b.keys()
         assert all(torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-6) for k in a), name
-    with pytest.raises(ValueError, match="train_workers must be >= 1"):
-        ExperimentConfig(run_dir="runs/x", train_workers=0)
+    with pytest.raises(ValueError, match="workers must be >= 1 or None"):
+        ExperimentConfig(run_dir="runs/x", workers=0)
