@@ -247,3 +247,22 @@ def test_workers_resume_an_interrupted_run(tiny_llama, tmp_path, shared_data):
         a, b = _state(one[name].editor), _state(both[name].editor)
         assert all(torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-6) for k in a), name
     assert list(both["ie"].train_log()["step"]) == [1, 2, 3, 4]  # the lost step 3 was redone once
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_validation_through_the_split_forward_equals_plain_scoring(fixture, request):
+    from instructedit_utils.editor import applied
+    from instructedit_utils.evaluation import score_requests
+
+    model, tok = request.getfixturevalue(fixture)
+    torch.manual_seed(0)
+    editor = MendEditor.for_model(model, _config(normalize=False, norm_warmup=0, edit_lr=3.0), (2, 3)).eval()
+    reqs = build_requests([r for rs in _records().values() for r in rs], instructions=True, seed=0)
+    _, reference = score_requests(model, tok, reqs)
+    split = training.edit_and_score(editor, model, tok, reqs, reference)
+    for req, case in zip(reqs, split):
+        result = editor.edit(model, tok, req.prompt, req.target, header=req.header)
+        with applied(model, result.deltas):
+            plain = score_requests(model, tok, [req], reference=reference)[0][0]
+        for k in ("edit/acc", "gen/acc", "loc/acc", "sentiment/success"):
+            assert case.get(k) == pytest.approx(plain.get(k), abs=1e-9), (req.case_id, k)
