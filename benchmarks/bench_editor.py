@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("--edits", type=int, default=30, help="timed edits")
     parser.add_argument("--no-instructions", action="store_true")
     parser.add_argument("--editor", help="folder of a trained editor to time edits with (default: the benchmark's)")
+    parser.add_argument("--book", metavar="PROFILE",
+                        help="time the editor configuration chapter 2 trains with this profile (its rank, locality "
+                             "probes, tasks incl. ConvSent, loss weights) instead of --rank/--tasks")
     args = parser.parse_args()
 
     import torch
@@ -51,6 +54,14 @@ def main() -> int:
     model.requires_grad_(False)
     instructions = not args.no_instructions
     cfg = MethodConfig(name="bench", tasks=tuple(args.tasks), rank=args.rank, use_instructions=instructions)
+    if args.book:
+        import dataclasses
+
+        from instructedit_utils.parameters import notebook_config
+
+        cfg = dataclasses.replace(notebook_config("02_editor_training", args.book).method, name="bench",
+                                  use_instructions=instructions)
+        args.rank, args.tasks = cfg.rank, list(cfg.tasks)
     editor = MendEditor.for_model(model, cfg, args.layers)
     records = {t: load_task(t, "train") for t in cfg.tasks}
     warm_up_normalization(editor, model, tok, records, cfg)
