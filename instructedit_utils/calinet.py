@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .baselines import EditingMethod, make_config, register
-from .edit_loop import OptimizedMethod, edit_batch, hooked, mlp_input_dim, optimize, target_loss
+from .edit_loop import OptimizedMethod, hooked, mlp_input_dim, optimize, request_batch, target_loss
 
 
 @dataclass
@@ -82,7 +82,7 @@ class CaliNet(OptimizedMethod):
         weight = next(self.module.parameters())
         slots = self.init_slots(weight.device, weight.dtype)
         runner = self.runner(model)
-        eb = edit_batch(runner, tokenizer, request)
+        eb = request_batch(runner, tokenizer, request)
         with self.attached(slots):
             optimize(lambda: target_loss(runner, eb), [slots.keys, slots.values], steps=self.config.steps,
                      lr=self.config.lr, request=request, method=self.name)

@@ -9,7 +9,8 @@ reused from the harness's cache when the harness scored the same prompt before),
 from there on.
 
 * :func:`layer_module` — a block's submodule by layer and path, with an error naming the method and the parameter;
-* :func:`edit_batch` — the edit's prompt+target as one batch of the method's runner;
+* :func:`~instructedit_utils.forward.edit_batch` (the edit's prompt+target as one batch of the method's runner,
+  shared with the hypernetwork editors) and :func:`target_loss`;
 * :func:`optimize` — the Adam loop with a projection (e.g. FT-L's L∞ bound), optional early stop and a guard:
   a non-finite loss or parameter is an error naming the request, never a silently kept broken edit;
 * :func:`hooked` — a forward hook that is removed on exit, also after an exception;
@@ -27,8 +28,8 @@ from torch import nn
 
 from .baselines import EditingMethod, config_digest
 from .editor import nll
+from .forward import EditBatch, edit_batch
 from .instructions import EditRequest
-from .metrics import encode_pair
 from .models import arch_spec
 
 
@@ -70,27 +71,9 @@ def mlp_input_dim(module: nn.Module) -> int:
     raise ValueError(f"{type(module).__name__} has no linear layer to read its input width from")
 
 
-@dataclass
-class EditBatch:
-    """One edit as a batch of a runner: the batch, (row, position) of each target token's predictor, the target
-    ids, and the position of the prompt's last token (GRACE's key)."""
-
-    batch: object
-    rows: torch.Tensor
-    positions: torch.Tensor
-    targets: torch.Tensor
-    key_position: int
-
-
-def edit_batch(runner, tokenizer, request: EditRequest) -> EditBatch:
-    """The request's prompt + target as a one-row batch of ``runner`` (lower blocks from its cache when kept)."""
-    enc = encode_pair(tokenizer, request.prompt, request.target)
-    header = tuple(tokenizer(request.header)["input_ids"]) if request.header else ()
-    batch = runner.batch([enc.inputs], runner.lower([enc.inputs], header), tokenizer.pad_token_id)
-    dev = batch.attention_mask.device
-    pos = torch.tensor(enc.target_positions, device=dev) - 1
-    return EditBatch(batch, torch.zeros_like(pos), pos, torch.tensor(enc.targets, device=dev),
-                     enc.target_positions[0] - 1)
+def request_batch(runner, tokenizer, request: EditRequest) -> EditBatch:
+    """:func:`~instructedit_utils.forward.edit_batch` of an edit request."""
+    return edit_batch(runner, tokenizer, request.prompt, request.target, request.header)
 
 
 def target_loss(runner, eb: EditBatch) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .config import MethodConfig
-from .metrics import _pad_batch, encode_pair
+from .metrics import _pad_batch
 from .models import arch_spec, edit_parameter_names
 from .runs import _atomic_write_text
 
@@ -432,15 +432,16 @@ class MendEditor(nn.Module):
     def raw_factors(self, model: nn.Module, tokenizer, prompt: str, target: str, *, header: str | None = None
                     ) -> tuple[dict[str, Factors], torch.Tensor]:
         """Factors ``u``/δ of the edit loss of ``target`` after ``prompt`` on the unedited model, and that loss."""
-        runner = self.runner(model)
-        enc = encode_pair(tokenizer, prompt, target)
-        header_ids = tuple(tokenizer(header)["input_ids"]) if header else ()
-        batch = runner.batch([enc.inputs], runner.lower([enc.inputs], header_ids), tokenizer.pad_token_id)
-        dev = batch.attention_mask.device
-        pos = torch.tensor(enc.target_positions, device=dev)
-        factors, loss, _ = self.inner_pass(model, runner, batch, torch.zeros_like(pos), pos,
-                                           targets=torch.tensor(enc.targets, device=dev))
+        factors, loss, _ = self._edit_factors(model, tokenizer, prompt, target, header)
         return factors, loss
+
+    def _edit_factors(self, model: nn.Module, tokenizer, prompt: str, target: str, header: str | None):
+        from .forward import edit_batch
+
+        runner = self.runner(model)
+        eb = edit_batch(runner, tokenizer, prompt, target, header)
+        factors, loss, _ = self.inner_pass(model, runner, eb.batch, eb.rows, eb.positions + 1, targets=eb.targets)
+        return factors, loss, eb
 
     def edit(self, model: nn.Module, tokenizer, prompt: str, target: str, *, header: str | None = None,
              return_factors: bool = False) -> EditResult:
@@ -448,9 +449,9 @@ class MendEditor(nn.Module):
 
         ``header`` is the instruction header the prompt starts with (cached across edits; only a speed-up).
         """
-        factors, loss = self.raw_factors(model, tokenizer, prompt, target, header=header)
+        factors, loss, eb = self._edit_factors(model, tokenizer, prompt, target, header)
         with torch.no_grad():
-            context = self.edit_context(model, encode_pair(tokenizer, prompt, target).input_ids)
+            context = self.edit_context(model, eb.input_ids)
             transformed = self.transform_all(factors, context)
             deltas = self.deltas(transformed)
         return EditResult({k: v.detach() for k, v in deltas.items()}, float(loss),

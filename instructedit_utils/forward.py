@@ -65,6 +65,33 @@ class UpperBatch:
     block_kwargs: dict[str, Any]
 
 
+@dataclass
+class EditBatch:
+    """One edit (prompt + target) as a one-row batch of a runner: the batch, (row, position) of each target token's
+    *predictor* (the position before it), the target ids, the position of the prompt's last token and the tokens."""
+
+    batch: Any
+    rows: torch.Tensor
+    positions: torch.Tensor
+    targets: torch.Tensor
+    key_position: int
+    input_ids: tuple[int, ...]
+
+
+def edit_batch(runner, tokenizer, prompt: str, target: str, header: str | None = None) -> EditBatch:
+    """``prompt + target`` as a one-row batch of ``runner`` (its lower states from the runner's caches: the
+    instruction ``header``'s key/values, and kept states inside :meth:`SplitForward.reusing_states`)."""
+    from .metrics import encode_pair
+
+    enc = encode_pair(tokenizer, prompt, target)
+    header_ids = tuple(tokenizer(header)["input_ids"]) if header else ()
+    batch = runner.batch([enc.inputs], runner.lower([enc.inputs], header_ids), tokenizer.pad_token_id)
+    dev = batch.attention_mask.device
+    pos = torch.tensor(enc.target_positions, device=dev) - 1
+    return EditBatch(batch, torch.zeros_like(pos), pos, torch.tensor(enc.targets, device=dev),
+                     enc.target_positions[0] - 1, enc.input_ids)
+
+
 class SplitForward:
     """Lower/upper split of a causal LM at block ``start`` (see the module docstring)."""
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from .baselines import EditingMethod, make_config, register
 from .editor import applied
-from .edit_loop import OptimizedMethod, edit_batch, hooked, layer_module, optimize, target_loss
+from .edit_loop import OptimizedMethod, hooked, layer_module, optimize, request_batch, target_loss
 from .models import arch_spec
 
 
@@ -53,20 +53,19 @@ class FineTuneL(OptimizedMethod):
         super().__init__(model, config, name, default_layers)
         spec = arch_spec(model)
         matrix = config.matrix or spec.mlp_weights[-1]
-        self.param_name, _ = layer_module(model, self.layer, matrix.rsplit(".", 1)[0], name, "matrix", matrix)
-        self.param_name = f"{self.param_name}.{matrix.rsplit('.', 1)[1]}"
-        params = dict(model.named_parameters())
-        if self.param_name not in params or params[self.param_name].dim() != 2:
+        path, leaf = matrix.rsplit(".", 1)
+        module_name, self.module = layer_module(model, self.layer, path, name, "matrix", matrix)
+        self.param_name = f"{module_name}.{leaf}"
+        self.weight = getattr(self.module, leaf, None)
+        if not isinstance(self.weight, nn.Parameter) or self.weight.dim() != 2:
             raise ValueError(f"{name}: matrix={matrix!r} is not a weight matrix of block {self.layer}")
-        self.module = model.get_submodule(self.param_name.rsplit(".", 1)[0])
-        self.weight = params[self.param_name]
         self.conv1d = spec.conv1d
 
     def delta(self, model: nn.Module, tokenizer, request) -> torch.Tensor:
         """The optimised, clamped weight delta for ``request`` (in the parameter's own layout)."""
         cfg = self.config
         runner = self.runner(model)
-        eb = edit_batch(runner, tokenizer, request)
+        eb = request_batch(runner, tokenizer, request)
         delta = torch.zeros_like(self.weight, requires_grad=True)
 
         def hook(module, inputs, output):

@@ -37,7 +37,9 @@ import torch
 from torch import nn
 
 from .baselines import EditingMethod, make_config, register
-from .edit_loop import OptimizedMethod, edit_batch, hooked, optimize, target_loss
+from .edit_loop import OptimizedMethod, hooked, optimize, request_batch, target_loss
+from .editor import nll
+from .forward import SplitForward
 from .instructions import EditRequest
 
 
@@ -130,7 +132,7 @@ class Grace(OptimizedMethod):
         """Add ``request`` to ``codebook`` (in place; the adaptor with the codebook so far decides the key's
         neighbourhood) and train the new entry's value."""
         runner = self.runner(model)
-        eb = edit_batch(runner, tokenizer, request)
+        eb = request_batch(runner, tokenizer, request)
         loss_fn, key_at = self._loss(runner, eb, codebook)
         seen: dict[str, torch.Tensor] = {}
 
@@ -160,9 +162,6 @@ class Grace(OptimizedMethod):
         is trained. With a split forward the prompt before the key therefore runs through the upper blocks once (with
         the codebook so far) and every step replays only the key and the target tokens against its key/value states
         (:meth:`~instructedit_utils.forward.SplitForward.suffix_logits`): about five tokens instead of thirty."""
-        from .editor import nll
-        from .forward import SplitForward
-
         p = eb.key_position
         if not isinstance(runner, SplitForward) or p < 1:
             return (lambda: target_loss(runner, eb)), p

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .config import MethodConfig
-from .editor import EditTarget, Factors, MendEditor
+from .editor import EditTarget, Factors, MendEditor, _key, edit_targets
 
 
 class Conditioner(nn.Module):
@@ -71,8 +71,6 @@ class KnowledgeEditor(MendEditor):
     @classmethod
     def for_model(cls, model: nn.Module, config: MethodConfig, layers: Sequence[int] | None = None
                   ) -> "KnowledgeEditor":
-        from .editor import edit_targets
-
         return cls(edit_targets(model, layers), config, model.get_input_embeddings().embedding_dim)
 
     def networks(self, groups: Mapping[str, Sequence[EditTarget]]) -> nn.ModuleDict:
@@ -120,7 +118,3 @@ class KnowledgeEditor(MendEditor):
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "format": "instructedit-ke/1", "init": {"embed_dim": self.embed_dim}}
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")

@@ -239,12 +239,12 @@ def test_ke_config_is_validated_and_built_by_the_experiment(tiny_llama):
 
 
 def test_suffix_replay_gives_the_logits_of_the_whole_sequence(tiny, cf_records):
-    from instructedit_utils.edit_loop import edit_batch
+    from instructedit_utils.edit_loop import request_batch
 
     model, tok = tiny
     method = baselines.build("grace", model, tok, default_layers=(2, 3))
     runner = method.runner(model)
-    eb = edit_batch(runner, tok, _request(cf_records))
+    eb = request_batch(runner, tok, _request(cf_records))
     seq, lower, p = eb.batch.input_ids[0].tolist(), eb.batch.hidden[0], eb.key_position
     with torch.no_grad():
         whole = runner.upper(eb.batch, eb.rows, eb.positions)
