@@ -93,6 +93,12 @@ class EditingMethod:
     def edited(self, model: nn.Module, tokenizer, request: EditRequest) -> contextlib.AbstractContextManager:
         raise NotImplementedError
 
+    def weight_deltas(self, model: nn.Module, tokenizer, request: EditRequest) -> dict[str, Any] | None:
+        """The edit as weight deltas (``{parameter name: delta}``, what :meth:`edited` adds with
+        :func:`~instructedit_utils.editor.applied`), or None for a method whose edit is not only a change of
+        weights (added modules, codebooks). The harness uses them to generate for many edits in one batch."""
+        return None
+
     def runner(self, model: nn.Module):
         """The forward runner scoring uses: a split at :attr:`first_edited_block` where the architecture allows."""
         from .editor import FullForward
@@ -142,10 +148,12 @@ class TrainedEditor(EditingMethod):
     def runner(self, model: nn.Module):
         return self.editor.runner(model)
 
+    def weight_deltas(self, model, tokenizer, request) -> dict[str, Any]:
+        return self.editor.edit(model, tokenizer, request.prompt, request.target, header=request.header).deltas
+
     @contextlib.contextmanager
     def edited(self, model, tokenizer, request) -> Iterator[nn.Module]:
-        result = self.editor.edit(model, tokenizer, request.prompt, request.target, header=request.header)
-        with applied(model, result.deltas):
+        with applied(model, self.weight_deltas(model, tokenizer, request)):
             yield model
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .data import EditRecord, load_task, sample
 from .instructions import EditRequest, make_edit_request
@@ -163,12 +164,39 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
             case["sentiment/success"] = sentiment_success(t, o)
             case["sentiment/margin"] = float(np.mean(t) - np.mean(o))
         if generations is not None:
-            # the continuation alone: neither the prompt nor a prepended instruction may count as generated text
-            case.update(fluency(generations[c]))
-            case["generation"] = generations[c]
+            case.update(generation_fields(generations[c]))
         cases.append({k: v for k, v in case.items() if v is not None or k in ("instruction", "description_index")})
     raw_loc = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items() if key[1] == "loc"}
     return cases, raw_loc
+
+
+def generation_fields(continuation: str) -> dict[str, Any]:
+    """A case's Fluency fields from its greedy continuation. The continuation alone: neither the prompt nor a
+    prepended instruction may count as generated text."""
+    return {**fluency(continuation), "generation": continuation}
+
+
+#: bytes of stacked weight deltas one batched generation of edited models may hold (:func:`generate_edited`)
+GENERATION_DELTA_BYTES = 2 ** 30
+
+
+@torch.no_grad()
+def generate_edited(model, tokenizer, prompts: Sequence[str], deltas: Sequence[Mapping[str, Any]],
+                    max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy continuations of ``prompts[i]`` by the model edited with ``deltas[i]``, many edited models per batch
+    (:func:`~instructedit_utils.editor.applied_per_row`): at 1 CPU thread a batch-1 decoding step of SmolLM2 costs
+    about as much as a step of 16 rows (each step reads every weight once), so one batch replaces up to
+    ``batch_size`` generations. Batches hold at most :data:`GENERATION_DELTA_BYTES` of stacked deltas. Same text as
+    generating under each edit alone up to float rounding (a greedy near-tie may resolve differently)."""
+    from .editor import applied_per_row
+
+    per_edit = max((sum(d.numel() * d.element_size() for d in ds.values()) for ds in deltas), default=1)
+    size = max(1, min(batch_size, GENERATION_DELTA_BYTES // max(1, per_edit)))
+    out: list[str] = []
+    for start in range(0, len(prompts), size):
+        with applied_per_row(model, deltas[start:start + size]):
+            out += generate(model, tokenizer, prompts[start:start + size], max_new_tokens, batch_size=size)
+    return out
 
 
 def requests_digest(requests: Sequence[EditRequest]) -> str:
@@ -235,9 +263,65 @@ def resumable_cases(requests: Sequence[EditRequest], score_chunk: Callable[[list
     return [c for c in run.read_cases(name) if c["case_id"] in wanted]
 
 
+def model_fingerprint(model) -> str:
+    """A digest of a model's identity and weights (name, dtype, every parameter's shape and float64 sum): unedited
+    scores computed for one model are never reused for another."""
+    import torch
+
+    digest = hashlib.sha256(str(getattr(model.config, "_name_or_path", "")).encode())
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            digest.update(f"{key}:{tuple(param.shape)}:{param.dtype}:{param.double().sum().item()!r}".encode())
+    return digest.hexdigest()[:16]
+
+
+class UneditedScores:
+    """The unedited model's scores of chunks of requests, kept in a folder and shared by every method evaluated on
+    the same requests (in this process or another): Table 3's methods without instructions all see the same
+    requests, so the unedited pass (scores, locality reference, Fluency generations) runs once per chunk instead of
+    once per method. A file is named by a digest of the model (:func:`model_fingerprint`), the requests
+    (:func:`requests_digest`) and the scoring settings; it is written atomically, so workers computing the same
+    chunk at once only duplicate work."""
+
+    def __init__(self, folder, model, score_kwargs: dict[str, Any]):
+        from pathlib import Path
+
+        self.folder = Path(folder)
+        scoring = {k: v for k, v in {**_SCORE_DEFAULTS, **score_kwargs}.items() if k != "batch_size"}
+        self._prefix = json.dumps([model_fingerprint(model), scoring], sort_keys=True)
+
+    def path(self, requests: Sequence[EditRequest]):
+        key = hashlib.sha256((self._prefix + requests_digest(requests)).encode()).hexdigest()[:24]
+        return self.folder / f"{key}.json"
+
+    def get(self, requests: Sequence[EditRequest], compute: Callable[[], tuple[list[dict[str, Any]], dict]]
+            ) -> tuple[list[dict[str, Any]], dict]:
+        """``compute()`` (→ ``score_requests``' (cases, raw locality scores)) unless a file holds them already."""
+        from .runs import _atomic_write_text
+
+        path = self.path(requests)
+        if path.is_file():
+            payload = json.loads(path.read_text())
+            reference = {tuple(k): TargetScore(tuple(t), tuple(p), tuple(lp)) for k, t, p, lp in payload["reference"]}
+            return payload["cases"], reference
+        cases, reference = compute()
+        rows = [[list(k), list(sc.targets), list(sc.predictions), list(sc.logprobs)] for k, sc in reference.items()]
+        _atomic_write_text(path, json.dumps({"cases": cases, "reference": rows}))
+        return cases, reference
+
+
+def _unedited_case(base: dict[str, Any], reference: dict, case_id: str) -> dict[str, Any]:
+    """What scoring the unedited model as its own edit gives: its scores, Locality 1 wherever it has a probe."""
+    case = dict(base)
+    if any(k[0] == case_id and k[1] == "loc" and k[3] == 0 for k in reference):
+        case["loc/acc"] = 1.0
+    return case
+
+
 def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *, run: RunFolder | None = None,
                     name: str | None = None, chunk: int = 16, progress: Callable | None = None, split: bool = True,
-                    settings: dict[str, Any] | None = None, **score_kwargs) -> list[dict[str, Any]]:
+                    settings: dict[str, Any] | None = None, shared: bool = True, batch_generation: bool = True,
+                    **score_kwargs) -> list[dict[str, Any]]:
     """Apply each request's edit alone with ``method`` (an :class:`~instructedit_utils.baselines.EditingMethod`),
     score it, restore the model.
 
@@ -248,8 +332,16 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
     block run once per distinct prompt for the whole chunk (they are the same before and after an edit) and only the
     upper blocks are replayed per edit. With a ``run`` folder cases go to ``<name>.jsonl`` (default
     ``cases_<method>``) as chunks finish and a rerun skips finished cases; cases of a different editor or of other
-    settings (:func:`case_settings` of ``settings``, the requests and the scoring caps) there are an error.
+    settings (:func:`case_settings` of ``settings``, the requests and the scoring caps) there are an error. There,
+    with ``shared``, the unedited scores of each chunk are kept in ``<run>/unedited/`` and reused by every method
+    evaluated on the same requests (:class:`UneditedScores`). The unedited model itself
+    (:class:`~instructedit_utils.baselines.Unedited`) is not scored a second time as its own edit. With
+    ``batch_generation``, methods whose edits are weight deltas (``weight_deltas``) generate the Fluency
+    continuations of a chunk's edited models in shared batches (:func:`generate_edited`) instead of one by one.
     """
+    from .baselines import EditingMethod, Unedited
+    from .editor import applied
+
     from functools import partial
 
     from .forward import score_split
@@ -263,6 +355,11 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
                              f"now {fingerprint}); delete the file or use another run folder")
     runner = method.runner(model) if split else None
     batch_size = score_kwargs.get("batch_size", 16)
+    unedited = UneditedScores(run.path / "unedited", model, score_kwargs) if run is not None and shared else None
+    gen_tokens = score_kwargs.get("fluency_max_new_tokens", 0)
+    batched = batch_generation and gen_tokens > 0 and not isinstance(method, Unedited) and \
+        type(method).weight_deltas is not EditingMethod.weight_deltas
+    edited_kwargs = {**score_kwargs, "fluency_max_new_tokens": 0} if batched else score_kwargs
 
     def score_chunk(part: list[EditRequest]) -> list[dict[str, Any]]:
         scorer = None
@@ -272,16 +369,30 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
             scorer = partial(score_split, runner, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
                              headers=headers)
             context = runner.reusing_states()
-        out = []
         with context:
-            base_cases, reference = score_requests(model, tokenizer, part, scorer=scorer, **score_kwargs)
-            for req, base in zip(part, base_cases):
-                with method.edited(model, tokenizer, req) as edited:
-                    case = score_requests(edited, tokenizer, [req], reference=reference, scorer=scorer,
-                                          **score_kwargs)[0][0]
-                out.append({"method": method.name, "editor": fingerprint, **case,
-                            **{f"base/{k}": v for k, v in base.items() if "/" in k}})
-        return out
+            def compute():
+                return score_requests(model, tokenizer, part, scorer=scorer, **score_kwargs)
+
+            base_cases, reference = unedited.get(part, compute) if unedited is not None else compute()
+            edited_cases, deltas = [], []
+            for req in part:
+                if isinstance(method, Unedited):
+                    edited_cases.append(_unedited_case(base_cases[len(edited_cases)], reference, req.case_id))
+                elif batched:
+                    deltas.append(method.weight_deltas(model, tokenizer, req))
+                    with applied(model, deltas[-1]):
+                        edited_cases += score_requests(model, tokenizer, [req], reference=reference, scorer=scorer,
+                                                       **edited_kwargs)[0]
+                else:
+                    with method.edited(model, tokenizer, req) as edited:
+                        edited_cases += score_requests(edited, tokenizer, [req], reference=reference, scorer=scorer,
+                                                       **score_kwargs)[0]
+        if batched:
+            texts = generate_edited(model, tokenizer, [r.prompt for r in part], deltas, gen_tokens, batch_size)
+            for case, text in zip(edited_cases, texts):
+                case.update(generation_fields(text))
+        return [{"method": method.name, "editor": fingerprint, **case,
+                 **{f"base/{k}": v for k, v in base.items() if "/" in k}} for case, base in zip(edited_cases, base_cases)]
 
     return resumable_cases(requests, score_chunk, run, name, chunk, progress,
                            case_settings(requests, score_kwargs, settings))

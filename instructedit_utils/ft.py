@@ -81,9 +81,12 @@ class FineTuneL(OptimizedMethod):
                      method=self.name, project=project)
         return delta.detach()
 
+    def weight_deltas(self, model, tokenizer, request) -> dict[str, torch.Tensor]:
+        return {self.param_name: self.delta(model, tokenizer, request)}
+
     @contextlib.contextmanager
     def edited(self, model, tokenizer, request) -> Iterator[nn.Module]:
-        with applied(model, {self.param_name: self.delta(model, tokenizer, request)}):
+        with applied(model, self.weight_deltas(model, tokenizer, request)):
             yield model
 
 

@@ -15,16 +15,51 @@ declares them) and per-notebook ``notebooks.<name>`` values (which must be decla
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .parameters import RUNS_DIR, add_arguments, notebook_parameters, notebook_path, notebooks, parse_overrides
+from .parameters import (RUNS_DIR, add_arguments, notebook_parameters, notebook_path, notebooks, parse_overrides,
+                         resolved_parameters)
 from .paths import PROJECT_ROOT
 
 EXECUTED_DIR = PROJECT_ROOT / "book" / "executed"
+COST_FILE = "cost.json"  # in each notebook's run folder: what its last execution by the runner cost
+
+
+def cpu_name() -> str:
+    """The machine's CPU model (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def execution_cost(name: str, params: dict[str, Any], wall_s: float, started: float) -> dict[str, Any]:
+    """What one execution cost and on what: wall time, profile, device, torch threads and worker processes as the
+    notebook resolved them (``workers`` None means one per core on CPU, one on a GPU), the machine."""
+    from .config import ExperimentConfig, ModelConfig
+
+    cores = os.cpu_count() or 1
+    device = params.get("device", "cpu")
+    workers = params.get("workers", 1)
+    if "workers" in params:
+        cfg = ExperimentConfig(run_dir=".", model=ModelConfig(device=device), workers=workers)
+        workers = cfg.n_workers()
+    threads = params.get("num_threads") or cores
+    return {"notebook": name, "profile": params.get("profile"), "wall_s": round(wall_s, 1),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)), "device": device,
+            "model": params.get("model_name"), "num_threads": threads, "workers": workers,
+            "threads_per_worker": max(1, threads // max(1, workers)), "cpu": cpu_name(), "cores": cores,
+            "python": platform.python_version()}
 
 
 def run_notebook(name: str, profile: str = "cpu", overrides: dict[str, Any] | None = None,
@@ -37,8 +72,25 @@ def run_notebook(name: str, profile: str = "cpu", overrides: dict[str, Any] | No
     output_dir.mkdir(parents=True, exist_ok=True)
     out = output_dir / path.name
     os.environ.pop("MPLBACKEND", None)  # an inherited Agg backend would drop the inline figures
+    started = time.time()
     papermill.execute_notebook(str(path), str(out), parameters=params, cwd=str(PROJECT_ROOT),
                                kernel_name="python3", progress_bar=False, log_output=False)
+    resolved = resolved_parameters(path, profile, overrides, runs_dir)
+    cost = execution_cost(path.stem, resolved, time.time() - started, started)
+    run_dir = Path(resolved["run_dir"]).expanduser()
+    run_dir = run_dir if run_dir.is_absolute() else PROJECT_ROOT / run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / COST_FILE).write_text(json.dumps(cost, indent=2) + "\n")
+    return out
+
+
+def read_costs(profile: str = "cpu", runs_dir: Path = RUNS_DIR) -> list[dict[str, Any]]:
+    """The cost records of the notebooks' last executions by the runner with ``profile`` (book order)."""
+    out = []
+    for path in notebooks():
+        file = Path(runs_dir) / profile / path.stem / COST_FILE
+        if file.is_file():
+            out.append(json.loads(file.read_text()))
     return out
 
 
@@ -73,12 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_execute:
         for name in names:
             print(f"[instructedit-book] executing {name} with profile {args.profile}", flush=True)
+            started = time.time()
             out = run_notebook(name, args.profile, overrides, output_dir=args.output_dir.resolve(),
                                runs_dir=args.runs_dir.resolve())
-            print(f"[instructedit-book] wrote {out}", flush=True)
+            print(f"[instructedit-book] wrote {out} ({(time.time() - started) / 60:.1f} min)", flush=True)
     if not args.no_build:
+        started = time.time()
         index = build_book()
-        print(f"[instructedit-book] book: {index}", flush=True)
+        print(f"[instructedit-book] book: {index} ({(time.time() - started) / 60:.1f} min)", flush=True)
     return 0
 
 

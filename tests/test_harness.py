@@ -96,6 +96,96 @@ def test_split_harness_equals_plain_harness(tiny, cf_records, convsent_records):
     assert any(c["edit/acc"] != c["base/edit/acc"] or c["loc/acc"] < 1.0 for c in split)
 
 
+def test_unedited_scores_are_shared_between_methods_and_base_is_scored_once(tiny_llama, cf_records,
+                                                                           convsent_records, tmp_path, monkeypatch):
+    """Methods on the same requests reuse one unedited pass per chunk (kept in the run folder); the cases equal
+    those computed without sharing; another model's weights never reuse them; the unedited model is not scored a
+    second time as its own edit, and its cases equal what that second pass gives."""
+    from instructedit_utils import evaluation
+
+    model, tok = tiny_llama
+    reqs = build_requests(cf_records + convsent_records, instructions=False, seed=0)
+    kw = dict(max_rephrases=2, max_probes=2, sentiment_responses=2, fluency_max_new_tokens=3)
+    base, mend = baselines.build("base", model, tok), baselines.build("mend", model, tok, editor=_editor(model,
+                                                                                                   False))
+    alone = {m.name: evaluate_method(m, model, tok, reqs, shared=False, **kw) for m in (base, mend)}
+    calls = []
+    real = evaluation.score_requests
+
+    def counting(model_, tok_, requests, **kwargs):
+        calls.append("edited" if kwargs.get("reference") is not None else "unedited")
+        return real(model_, tok_, requests, **kwargs)
+
+    monkeypatch.setattr(evaluation, "score_requests", counting)
+    run = RunFolder(tmp_path)
+    shared = {m.name: evaluate_method(m, model, tok, reqs, run=run, chunk=2, **kw) for m in (base, mend)}
+    n_chunks = (len(reqs) + 1) // 2
+    assert calls == ["unedited"] * n_chunks + ["edited"] * len(reqs)  # base: no edited pass; MEND: no unedited
+    assert len(list((tmp_path / "unedited").glob("*.json"))) == n_chunks
+    for name in alone:
+        for a, b in zip(alone[name], shared[name]):
+            b = {k: v for k, v in b.items() if k != "settings"}
+            assert a.keys() == b.keys(), name
+            for k, v in a.items():
+                assert v == pytest.approx(b[k], abs=1e-5) if isinstance(v, float) else v == b[k], (name, k)
+    assert all(c["loc/acc"] == 1.0 for c in shared["base"])
+    # the unedited model as its own edit (the pass base no longer runs) gives the same cases
+    for req, case in zip(reqs, shared["base"]):
+        cases, reference = real(model, tok, [req], **kw)
+        again = real(model, tok, [req], reference=reference, **kw)[0][0]
+        assert again["loc/acc"] == 1.0 and again["edit/acc"] == case["edit/acc"]
+        assert again["generation"] == case["generation"]
+    calls.clear()
+    saved = model.lm_head.weight.detach().clone()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # another model: its unedited scores are computed afresh
+    try:
+        evaluate_method(base, model, tok, reqs, run=RunFolder(tmp_path / "other"), chunk=2, **kw)
+        other = evaluation.UneditedScores(tmp_path / "unedited", model, kw)
+        assert not other.path(reqs[:2]).is_file()
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.copy_(saved)
+    assert calls.count("unedited") == n_chunks
+    assert evaluation.UneditedScores(tmp_path / "unedited", model, kw).path(reqs[:2]).is_file()
+
+
+def test_edited_models_generate_in_one_batch_as_one_by_one(tiny, cf_records, convsent_records):
+    """applied_per_row equals applied row by row (logits), and the harness's batched Fluency generations of a
+    chunk's edited models equal generating under each edit alone, for MEND and FT-L (Linear and Conv1D)."""
+    from instructedit_utils.editor import applied, applied_per_row
+    from instructedit_utils.metrics import generate
+
+    model, tok = tiny
+    reqs = build_requests(cf_records + convsent_records, instructions=False, seed=0)
+    mend = baselines.build("mend", model, tok, editor=_editor(model, False))
+    deltas = [mend.weight_deltas(model, tok, r) for r in reqs[:3]]
+    ids = torch.tensor([tok(r.prompt)["input_ids"][:4] for r in reqs[:3]])
+    with torch.no_grad():
+        alone = []
+        for row, d in zip(ids, deltas):
+            with applied(model, d):
+                alone.append(model(input_ids=row[None]).logits[0])
+        with applied_per_row(model, deltas):
+            together = model(input_ids=ids).logits
+            with pytest.raises(ValueError, match="a batch of 1 rows for 3 sets"):
+                model(input_ids=ids[:1])
+        plain = model(input_ids=ids).logits
+    assert torch.allclose(torch.stack(alone), together, atol=1e-5)
+    assert not torch.allclose(plain, together, atol=1e-3)  # the deltas matter, and the hooks are gone
+    kw = dict(max_rephrases=1, max_probes=1, sentiment_responses=1, fluency_max_new_tokens=6, batch_size=4)
+    for method in (mend, baselines.build("ft-l", model, tok, default_layers=(2, 3), lr=0.05, steps=3,
+                                         norm_constraint=None)):
+        batched = evaluate_method(method, model, tok, reqs, batch_generation=True, **kw)
+        single = evaluate_method(method, model, tok, reqs, batch_generation=False, **kw)
+        assert [c["generation"] for c in batched] == [c["generation"] for c in single], method.name
+        unedited = generate(model, tok, [r.prompt for r in reqs], 6)
+        assert [c["generation"] for c in batched] != unedited, method.name  # edited models generated them
+        for a, b in zip(batched, single):
+            assert a.keys() == b.keys()
+            assert a["fluency/empty"] == b["fluency/empty"] and a.get("fluency/entropy") == b.get("fluency/entropy")
+
+
 def test_harness_resumes_without_redoing_cases_and_refuses_another_editor(tiny_llama, cf_records, tmp_path,
                                                                           monkeypatch):
     model, tok = tiny_llama
