@@ -183,13 +183,22 @@ class ExperimentConfig:
         return out
 
     def single_task_configs(self, use_instructions: bool = True) -> dict[str, "MethodConfig"]:
-        """One single-task editor per training task (Table 1 / Fig. 4): ``<instructedit|mend>-<task>``."""
+        """One single-task editor per training task (Table 1 / Fig. 4): ``<instructedit|mend>-<task>``, the
+        multi-task hyperparameters with :attr:`single_task_steps` steps (None: the multi-task budget)."""
         if self.method is None:
             raise ValueError("This experiment has no method config (no editor parameters were given)")
         prefix = "instructedit" if use_instructions else "mend"
+        steps = self.single_task_steps or self.method.steps
         return {f"{prefix}-{task}": dataclasses.replace(self.method, name=f"{prefix}-{task}", tasks=(task,),
-                                                        task_weights=None, use_instructions=use_instructions)
+                                                        task_weights=None, use_instructions=use_instructions,
+                                                        steps=steps)
                 for task in self.method.tasks}
+
+    def training_configs(self) -> dict[str, "MethodConfig"]:
+        """Every editor chapter 2 trains, in one pool of workers: the multi-task editors (:meth:`editor_configs`)
+        and the single-task editors of Table 1 (:meth:`single_task_configs`, instructions as
+        :attr:`transfer_instructions`), which chapters 4 and 5 load."""
+        return {**self.editor_configs(), **self.single_task_configs(self.transfer_instructions)}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

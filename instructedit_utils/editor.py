@@ -348,11 +348,15 @@ class MendEditor(nn.Module):
         rows = edit_rows if extra_rows is None else torch.cat([edit_rows, extra_rows])
         pos = edit_pos - 1 if extra_pos is None else torch.cat([edit_pos - 1, extra_pos])
         n = len(edit_rows)
+        fused = extra_rows is None and not per_row and hasattr(runner, "head_nll") and \
+            not runner.lm_head.weight.requires_grad
         with torch.enable_grad(), self.capture(model) as store:
-            logits = runner.upper(batch, rows, pos)
             if targets is None:
                 targets = batch.input_ids[edit_rows, edit_pos]
-            if per_row:
+            logits = None if fused else runner.upper(batch, rows, pos)
+            if fused:  # the LM head's weight read once for loss and gradient (forward.fused_head_nll)
+                loss = runner.head_nll(runner.upper_hidden(batch, rows, pos), targets)
+            elif per_row:
                 counts = torch.bincount(edit_rows, minlength=len(batch.input_ids)).clamp_min(1)
                 token_nll = -logits[:n].float().log_softmax(-1).gather(-1, targets[:, None])[:, 0]
                 loss = (token_nll / counts[edit_rows]).sum()
@@ -408,8 +412,9 @@ class MendEditor(nn.Module):
         """Weight deltas ``-α·G̃`` (in each parameter's own layout) from transformed factors."""
         out = {}
         for t in self.targets:
-            g = transformed[t.name].gradient()  # [out, in]
-            out[t.name] = -self.step_size(t.name) * (g.T if t.conv1d else g)
+            f = transformed[t.name]
+            scaled = f.delta * -self.step_size(t.name)  # the step size on the [T, out] factor, not the [out, in] product
+            out[t.name] = f.u.T @ scaled if t.conv1d else scaled.T @ f.u
         return out
 
     @contextlib.contextmanager

@@ -21,7 +21,7 @@ them). The notebooks (03, 04) and the command line call the same functions with 
 
     instructedit-eval multitask --profile cpu
     instructedit-eval unseen --profile cpu --descriptions my_descriptions.json
-    instructedit-eval transfer --profile gpu -p single_task_steps=5000
+    instructedit-eval transfer --profile gpu
     instructedit-eval holdout --profile cpu --runs-dir /tmp/other_runs -p holdout_split=test
 """
 from __future__ import annotations
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from . import baselines
-from .baselines import EditingMethod, TrainedEditor
-from .config import ExperimentConfig, MethodConfig
+from .baselines import EditingMethod
+from .config import ExperimentConfig
 from .evaluation import evaluate_method, summarize, task_requests
 from .instructions import read_descriptions  # noqa: F401  (part of this module's API: external descriptions)
 from .runs import RunFolder, SettingsMismatch
@@ -205,37 +205,31 @@ def unseen(cfg: ExperimentConfig, model, tokenizer, method: EditingMethod | None
     return cases, _summary(cfg, "unseen", cases, ("condition", "task"))
 
 
-def single_task_configs(cfg: ExperimentConfig) -> dict[str, MethodConfig]:
-    """One single-task editor per training task, with the multi-task editors' hyperparameters (read from the
-    ``params.json`` of :func:`editors_dir`) and ``single_task_steps``."""
+def single_task_names(cfg: ExperimentConfig) -> list[str]:
+    """The single-task editors chapter 2 trained for the tasks of ``cfg.tasks`` (``mend-<task>``, or
+    ``instructedit-<task>`` when its ``transfer_instructions`` was on; read from its ``params.json``)."""
     params = editors_dir(cfg) / "params.json"
-    if cfg.method is None:
-        if not params.is_file():
-            raise FileNotFoundError(f"No {params}: run notebook {EDITORS_NOTEBOOK} first (its method config is "
-                                    "what single-task editors are trained with)")
-        cfg = dataclasses.replace(cfg, method=MethodConfig.from_dict(json.loads(params.read_text())["method"]))
-    configs = cfg.single_task_configs(cfg.transfer_instructions)
-    steps = cfg.single_task_steps or cfg.method.steps
-    return {name: dataclasses.replace(c, steps=steps) for name, c in configs.items() if c.tasks[0] in cfg.tasks}
+    if not params.is_file():
+        raise FileNotFoundError(f"No {params}: run notebook {EDITORS_NOTEBOOK} first (it trains the single-task "
+                                "editors with the multi-task editors)")
+    trained = json.loads(params.read_text())
+    prefix = "instructedit" if trained.get("transfer_instructions") else "mend"
+    return [f"{prefix}-{task}" for task in cfg.tasks if task in trained["method"]["tasks"]]
 
 
-def train_single_task_editors(cfg: ExperimentConfig, model, tokenizer, progress: bool = False,
-                              names: Sequence[str] | None = None) -> dict[str, EditingMethod]:
-    """Train (or load) the single-task editors into ``<run_dir>/transfer/editors/<name>`` (``cfg.workers`` of
-    them at a time, :func:`~instructedit_utils.training.train_editors`)."""
-    from .training import train_editors
-
-    configs = {name: c for name, c in single_task_configs(cfg).items() if not names or name in names}
-    results = train_editors(cfg, model, tokenizer, configs, directory=Path(cfg.run_dir) / "transfer" / "editors",
-                            progress=progress, log=print if progress else None)
-    return {name: TrainedEditor(r.editor, model, name) for name, r in results.items()}
+def single_task_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, EditingMethod]:
+    """The single-task editors of Table 1, trained by chapter 2 (:func:`editors_dir`; :func:`single_task_names`)."""
+    return load_methods(cfg, model, tokenizer, single_task_names(cfg))
 
 
 def transfer(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, EditingMethod] | None = None,
              progress: Callable | None = None) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """Each single-task editor on the test split of every training task; summary rows carry ``train_task``."""
-    methods = methods if methods is not None else train_single_task_editors(cfg, model, tokenizer)
-    cases = _evaluate(cfg, "transfer", methods, model, tokenizer, cfg.tasks, progress=progress)
+    """Each single-task editor on the test split of every training task; summary rows carry ``train_task``. The
+    editors of chapter 2 (default) are evaluated side by side in ``cfg.workers`` processes."""
+    parallel = methods is None
+    methods = methods if methods is not None else single_task_editors(cfg, model, tokenizer)
+    cases = _evaluate(dataclasses.replace(cfg, methods=tuple(methods)) if parallel else cfg, "transfer", methods,
+                      model, tokenizer, cfg.tasks, progress=progress, parallel=parallel)
     for c in cases:
         c["train_task"] = c["method"].split("-", 1)[1]
     return cases, _summary(cfg, "transfer", cases, ("train_task", "task"))
@@ -255,18 +249,6 @@ class GradientEditor:
     method: EditingMethod
     tasks: tuple[str, ...]
     group: str
-
-
-def single_task_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, EditingMethod]:
-    """Chapter 4's single-task MEND editors (``<runs>/<profile>/04_unseen_instructions/transfer/editors``), trained
-    there with chapter 4's configuration for this profile when missing."""
-    from . import parameters
-
-    model_params = dict(model_name=cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype,
-                        num_threads=cfg.model.num_threads, data_dir=cfg.data_dir, editors_dir=cfg.editors_dir,
-                        seed=cfg.seed)
-    cfg04 = parameters.notebook_config(TRANSFER_NOTEBOOK, cfg.profile, model_params, Path(cfg.run_dir).parent.parent)
-    return train_single_task_editors(cfg04, model, tokenizer)
 
 
 def gradient_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, GradientEditor]:
@@ -369,9 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("setting", choices=SETTINGS)
     add_arguments(parser, "the setting's notebook (03 for multitask/holdout, 04 for unseen/transfer)")
     parser.add_argument("--descriptions", help="external descriptions file (unseen setting; = -p descriptions_file=…)")
-    parser.add_argument("--train-only", nargs="*", metavar="EDITOR",
-                        help="transfer: only train (or load) these single-task editors, e.g. mend-counterfact "
-                             "(all when none are named), without evaluating (parallel training processes)")
     return parser
 
 
@@ -391,23 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.train_only is not None and args.setting != "transfer":
-        parser.error("--train-only goes with the transfer setting")
     try:
         cfg = config_from_args(args)  # every parameter and the descriptions file are checked before a model loads
     except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
         parser.error(str(exc.args[0]) if exc.args else str(exc))
     setup_torch(cfg.model.num_threads, cfg.seed)
     RunFolder(Path(cfg.run_dir) / args.setting).write_params({**cfg.to_dict(), "setting": args.setting})
-    if args.train_only is not None:
-        known = set(single_task_configs(cfg))
-        if set(args.train_only) - known:
-            parser.error(f"unknown single-task editor(s) {sorted(set(args.train_only) - known)}; have {sorted(known)}")
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
     model.requires_grad_(False)
-    if args.train_only is not None:
-        train_single_task_editors(cfg, model, tokenizer, progress=True, names=args.train_only)
-        return 0
     try:
         if args.setting == "gradients":
             for group, areas in gradients(cfg, model, tokenizer).items():

@@ -378,6 +378,20 @@ class SplitForward:
             h = out[0] if isinstance(out, tuple) else out
         return h
 
+    def upper_hidden(self, batch: UpperBatch, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``[N, d]`` (before the final norm) at (row, position) pairs: :meth:`upper` without
+        the head."""
+        return self._replay(batch.hidden, batch.block_args, batch.block_kwargs)[rows, positions]
+
+    def head_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of ``targets`` [N] at final hidden states ``h`` [N, d]: ``nll(head(h), targets)`` with one read
+        of the LM head's weight (:func:`fused_head_nll`) where the head is a plain bias-free matrix without a soft
+        cap, else through :meth:`head`."""
+        weight = getattr(self.lm_head, "weight", None)
+        if self.softcap is not None or getattr(self.lm_head, "bias", None) is not None or weight is None:
+            return -self.head(h).float().log_softmax(-1).gather(-1, targets[:, None]).mean()
+        return fused_head_nll(self.final_norm(h), weight, targets)
+
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from final hidden states: final norm, LM head (and Gemma's soft cap)."""
         logits = self.lm_head(self.final_norm(h))
@@ -400,6 +414,50 @@ class SplitForward:
         """Logits ``[N, V]`` at (row, position) pairs after replaying blocks ``start..`` on ``batch``."""
         h = self._replay(batch.hidden, batch.block_args, batch.block_kwargs)
         return self.head(h[rows, positions])
+
+
+class _HeadNLL(torch.autograd.Function):
+    """Mean NLL of the rows' targets under ``h @ weightᵀ``, its gradient w.r.t. ``h`` computed in the same pass.
+
+    A few edit positions against a 49k-token vocabulary make the LM head memory-bound: the logits (forward) and the
+    gradient ``(softmax − onehot) @ weight`` (backward) each read the whole weight. Here each block of vocabulary
+    rows is read once for both, with a running max/sum (online softmax): ``∂/∂h = Σ_v p_v w_v − w_target``."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, block: int) -> torch.Tensor:
+        dtype = torch.promote_types(h.dtype, torch.float32)  # half-precision models: the loss in float32
+        h32 = h.to(dtype)
+        n = h32.shape[0]
+        m = h32.new_full((n,), float("-inf"))
+        total = h32.new_zeros(n)
+        expected = torch.zeros_like(h32)  # Σ_v exp(z_v − m) w_v
+        for start in range(0, weight.shape[0], block):
+            w = weight[start:start + block].to(dtype)
+            z = h32 @ w.T
+            new_m = torch.maximum(m, z.max(-1).values)
+            scale = torch.exp(m - new_m)
+            e = torch.exp(z - new_m[:, None])
+            total = total * scale + e.sum(-1)
+            expected = expected * scale[:, None] + e @ w
+            m = new_m
+        w_t = weight[targets].to(dtype)
+        loss = (m + total.log() - (h32 * w_t).sum(-1)).mean()
+        ctx.save_for_backward(((expected / total[:, None] - w_t) / n).to(h.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (grad_h,) = ctx.saved_tensors
+        return grad * grad_h, None, None, None
+
+
+def fused_head_nll(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """``nll(h @ weightᵀ, targets)`` (mean over rows) differentiable in ``h`` only (the LM head is frozen), reading
+    ``weight`` once for the loss and its gradient (:class:`_HeadNLL`); equal to the plain computation up to float
+    rounding."""
+    if weight.requires_grad and torch.is_grad_enabled():
+        raise ValueError("fused_head_nll gives no gradient for the LM head's weight; freeze it or use the plain loss")
+    return _HeadNLL.apply(h, weight, targets, block)
 
 
 def length_batches(lengths: Sequence[int], max_rows: int, overhead: int = 16) -> list[list[int]]:

@@ -129,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = run_notebook(name, args.profile, overrides, output_dir=args.output_dir.resolve(),
                                runs_dir=args.runs_dir.resolve())
             print(f"[instructedit-book] wrote {out} ({(time.time() - started) / 60:.1f} min)", flush=True)
+        costs = [c for c in read_costs(args.profile, args.runs_dir.resolve()) if c["notebook"] in names]
+        for c in costs:
+            print(f"[instructedit-book] {c['notebook']}: {c['wall_s'] / 60:.1f} min, {c['workers']} worker(s) x "
+                  f"{c['threads_per_worker']} thread(s), {c['cpu']} ({c['cores']} cores)", flush=True)
+        print(f"[instructedit-book] notebooks: {sum(c['wall_s'] for c in costs) / 60:.1f} min", flush=True)
     if not args.no_build:
         started = time.time()
         index = build_book()

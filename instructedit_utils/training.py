@@ -623,7 +623,7 @@ def worker_threads(total: int | None, workers: int) -> int:
 def train_editors(cfg, model, tokenizer, configs: dict[str, MethodConfig] | None = None, *,
                   workers: int | None = None, directory: str | os.PathLike | None = None, progress: bool = False,
                   log: Callable[[str], None] | None = print) -> dict[str, TrainResult]:
-    """Train (or load) the editors ``configs`` (default: ``cfg.editor_configs()``) into ``<directory>/<name>``
+    """Train (or load) the editors ``configs`` (default: ``cfg.training_configs()``) into ``<directory>/<name>``
     (default ``directory``: ``cfg.run_dir``).
 
     With ``workers`` (default ``cfg.n_workers()``) above 1, the editors not finished yet train at the same time,
@@ -631,7 +631,7 @@ def train_editors(cfg, model, tokenizer, configs: dict[str, MethodConfig] | None
     × threads never exceeds ``cfg.model.num_threads``; then every editor is loaded here. Each run is the same as
     alone (its randomness depends only on its config and step), so a result does not depend on ``workers``. A worker
     that fails raises here; the others' finished or checkpointed runs stay (rerun to resume)."""
-    configs = configs if configs is not None else cfg.editor_configs()
+    configs = configs if configs is not None else cfg.training_configs()
     workers = cfg.n_workers() if workers is None else workers
     run_dir = Path(directory if directory is not None else cfg.run_dir)
     pending = [n for n, c in configs.items() if not is_trained(run_dir / n) or _extendable(run_dir / n, c)]
@@ -717,8 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "without the notebook (same configuration, same run folder).")
     add_arguments(parser, "notebook 02")
     parser.add_argument("--editor", action="append",
-                        help="which editor(s) to train: instructedit, mend, or with --single-task e.g. "
-                             "instructedit-counterfact (default: all)")
+                        help="which editor(s) to train: instructedit, mend, ke, a single-task editor such as "
+                             "mend-counterfact, or with --single-task e.g. instructedit-counterfact (default: every "
+                             "editor notebook 02 trains)")
     parser.add_argument("--single-task", action="store_true",
                         help="train one editor per training task (instructions on and off) instead")
     parser.add_argument("--no-progress", action="store_true")
@@ -744,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyError, ValueError, TypeError) as exc:
         parser.error(str(exc.args[0]) if exc.args else str(exc))
     configs = ({**cfg.single_task_configs(True), **cfg.single_task_configs(False)} if args.single_task
-               else cfg.editor_configs())
+               else cfg.training_configs())
     unknown = set(args.editor or ()) - set(configs)
     if unknown:
         parser.error(f"unknown editor(s) {sorted(unknown)}; choose from {sorted(configs)}")

@@ -297,3 +297,41 @@ def test_split_forward_header_cache_is_bounded(tiny_llama):
         header = tok(f"Task: {word} task\nInput:")["input_ids"]
         split.lower([tok(f"Task: {word} task\nInput: something")["input_ids"]], header)
     assert len(split.headers) == 2
+
+
+def test_fused_head_nll_equals_the_plain_loss_and_gradient():
+    """One read of the LM head for loss and gradient (online softmax over vocabulary blocks of any size) gives the
+    plain log-softmax NLL and its gradient w.r.t. the hidden states; a trainable head is refused."""
+    from instructedit_utils.forward import fused_head_nll
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(1000, 16, generator=gen, dtype=torch.float64) * 3
+    targets = torch.tensor([3, 999, 0, 512])
+    h = torch.randn(4, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    plain = -(h @ weight.T).log_softmax(-1).gather(-1, targets[:, None]).mean()
+    (expected,) = torch.autograd.grad(plain, h)
+    for block in (1, 7, 256, 4096):
+        loss = fused_head_nll(h, weight, targets, block=block)
+        (grad,) = torch.autograd.grad(2.0 * loss, h)
+        torch.testing.assert_close(loss, plain, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, 2.0 * expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="no gradient for the LM head"):
+        fused_head_nll(h, weight.clone().requires_grad_(True), targets)
+
+
+def test_edit_with_the_fused_head_equals_the_plain_head(tiny, monkeypatch):
+    """An edit's deltas and loss with the fused LM-head loss equal those of the plain logits (frozen model)."""
+    model, tok = tiny
+    model.requires_grad_(False)
+    editor = _perturb(MendEditor.for_model(model, _plain_config(edit_lr=1e-2), (2, 3)))
+    calls = []
+    real = SplitForward.head_nll
+    monkeypatch.setattr(SplitForward, "head_nll", lambda self, h, t: calls.append(1) or real(self, h, t))
+    fused = editor.edit(model, tok, PROMPT, TARGET)
+    assert calls  # the fused path ran
+    monkeypatch.setattr(SplitForward, "head_nll",
+                        lambda self, h, t: -self.head(h).float().log_softmax(-1).gather(-1, t[:, None]).mean())
+    plain = editor.edit(model, tok, PROMPT, TARGET)
+    assert fused.loss == pytest.approx(plain.loss, rel=1e-5)
+    for name, delta in plain.deltas.items():
+        torch.testing.assert_close(fused.deltas[name], delta, rtol=1e-4, atol=1e-7)

@@ -364,3 +364,34 @@ def test_methods_evaluated_in_worker_processes_equal_one_process(tiny_llama, tmp
             assert a.get(metric) == pytest.approx(b.get(metric), abs=1e-6), (key(a), metric)
     assert written[2] == {"base": 2, "ft-l": 2, "grace": 2}  # the workers computed every case
     assert written[1] == {"base": 0, "ft-l": 0, "grace": 0}  # one worker: this process computes them
+
+
+def test_transfer_loads_the_single_task_editors_chapter_2_trained(tiny_llama, tmp_path, shared_data):
+    """Chapter 2 trains Table 1's single-task editors in its pool (training_configs); chapter 4's transfer loads them
+    from chapter 2's run folder by the names its params.json implies, and says what to run when they are missing."""
+    from instructedit_utils import training
+    from instructedit_utils.config import ModelConfig
+
+    model, tok = tiny_llama
+    model.requires_grad_(False)
+    ch2 = ExperimentConfig(run_dir=str(tmp_path / "02_editor_training"), model=ModelConfig(name="tiny-llama"),
+                           method=MethodConfig(name="m", tasks=("counterfact", "recent"), rank=8, steps=3,
+                                               val_every=3, val_records_per_task=2, norm_warmup=2),
+                           single_task_steps=2, workers=1)
+    ch4 = ExperimentConfig(run_dir=str(tmp_path / "04_unseen_instructions"), model=ModelConfig(name="tiny-llama"),
+                           tasks=("counterfact", "recent"), sample_per_task=2, methods=("instructedit",),
+                           fluency_max_new_tokens=0, workers=1)
+    with pytest.raises(FileNotFoundError, match="run notebook 02_editor_training first"):
+        experiments.single_task_names(ch4)
+    RunFolder(ch2.run_dir).write_params(ch2.to_dict())
+    assert experiments.single_task_names(ch4) == ["mend-counterfact", "mend-recent"]
+    with pytest.raises(FileNotFoundError, match="No finished editor 'mend-counterfact'"):
+        experiments.transfer(ch4, model, tok)
+    singles = {n: c for n, c in ch2.training_configs().items() if n.startswith("mend-")}
+    trained = training.train_editors(ch2, model, tok, singles, log=None)
+    assert {n: r.summary["step"] for n, r in trained.items()} == {"mend-counterfact": 2, "mend-recent": 2}
+    cases, summary = experiments.transfer(ch4, model, tok)
+    assert {(c["train_task"], c["task"]) for c in cases} == {(a, b) for a in ("counterfact", "recent")
+                                                             for b in ("counterfact", "recent")}
+    assert {c["editor"] for c in cases} == {experiments.load_methods(ch4, model, tok, [n])[n].fingerprint
+                                            for n in singles}

@@ -1,4 +1,5 @@
 """The multi-task trainer on a tiny model with hand-made records: resume, guards, sampling, validation metrics."""
+import dataclasses
 import json
 import random
 
@@ -198,7 +199,10 @@ def test_experiment_config_routes_method_parameters():
     assert editors["mend"].rank == 16
     single = cfg.single_task_configs(use_instructions=False)
     assert list(single) == ["mend-counterfact"] and single["mend-counterfact"].tasks == ("counterfact",)
-    assert not single["mend-counterfact"].use_instructions
+    assert not single["mend-counterfact"].use_instructions and single["mend-counterfact"].steps == 3
+    both = dataclasses.replace(cfg, single_task_steps=2, transfer_instructions=True).training_configs()
+    assert list(both) == ["instructedit", "mend", "ke", "instructedit-counterfact"]  # one pool: every editor
+    assert both["instructedit-counterfact"].steps == 2 and both["instructedit-counterfact"].use_instructions
     with pytest.raises(TypeError, match="Unknown"):
         ExperimentConfig.from_parameters(run_dir="x", rnak=3)
 
