@@ -71,18 +71,16 @@ def main() -> int:
                      **_compare(alone, batched)}
 
     base = baselines.build("base", model, tok, use_instructions=method.use_instructions)
-    times = {}
+    times, editor_cases = {}, {}
     for shared in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
             run = RunFolder(tmp)
             t0 = time.perf_counter()
-            cases = [evaluate_method(m, model, tok, requests, run=run, shared=shared, **ekw) for m in (base, method)]
+            for m in (base, method):
+                editor_cases[shared] = evaluate_method(m, model, tok, requests, run=run, shared=shared, **ekw)
             times[shared] = time.perf_counter() - t0
-        if shared:
-            check = _compare(separate[1], cases[1])
-        separate = cases
     out["shared"] = {"separate_s": times[False], "shared_s": times[True], "speedup": times[False] / times[True],
-                     **check}
+                     **_compare(editor_cases[False], editor_cases[True])}
     print(json.dumps(out))
     for name, r in out.items():
         if isinstance(r, dict):

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .baselines import EditingMethod, make_config, register
-from .edit_loop import OptimizedMethod, hooked, mlp_input_dim, optimize, request_batch, target_loss
+from .edit_loop import (OptimizedMethod, check_loop_options, hooked, mlp_input_dim, optimize, request_batch,
+                        target_loss)
 
 
 @dataclass
@@ -38,10 +39,7 @@ class CaliNetConfig:
     def __post_init__(self):
         if self.slots < 1:
             raise ValueError("CaliNetConfig.slots must be >= 1")
-        if self.steps < 0:
-            raise ValueError("CaliNetConfig.steps must be >= 0")
-        if self.lr < 0:
-            raise ValueError("CaliNetConfig.lr must be >= 0")
+        check_loop_options(self)
 
 
 @dataclass

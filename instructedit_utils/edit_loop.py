@@ -33,6 +33,14 @@ from .instructions import EditRequest
 from .models import arch_spec
 
 
+def check_loop_options(config) -> None:
+    """The options every per-edit optimisation's config shares: ``steps`` and ``lr`` must be >= 0 (the error names
+    the config class and the field)."""
+    for name in ("steps", "lr"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be >= 0")
+
+
 def n_blocks(model: nn.Module) -> int:
     return len(model.get_submodule(arch_spec(model).layers_path))
 

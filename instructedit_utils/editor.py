@@ -348,8 +348,7 @@ class MendEditor(nn.Module):
         rows = edit_rows if extra_rows is None else torch.cat([edit_rows, extra_rows])
         pos = edit_pos - 1 if extra_pos is None else torch.cat([edit_pos - 1, extra_pos])
         n = len(edit_rows)
-        fused = extra_rows is None and not per_row and hasattr(runner, "head_nll") and \
-            not runner.lm_head.weight.requires_grad
+        fused = extra_rows is None and not per_row and hasattr(runner, "head_nll")
         with torch.enable_grad(), self.capture(model) as store:
             if targets is None:
                 targets = batch.input_ids[edit_rows, edit_pos]

@@ -266,8 +266,6 @@ def resumable_cases(requests: Sequence[EditRequest], score_chunk: Callable[[list
 def model_fingerprint(model) -> str:
     """A digest of a model's identity and weights (name, dtype, every parameter's shape and float64 sum): unedited
     scores computed for one model are never reused for another."""
-    import torch
-
     digest = hashlib.sha256(str(getattr(model.config, "_name_or_path", "")).encode())
     with torch.no_grad():
         for key, param in model.named_parameters():
@@ -375,9 +373,9 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
 
             base_cases, reference = unedited.get(part, compute) if unedited is not None else compute()
             edited_cases, deltas = [], []
-            for req in part:
+            for req, base in zip(part, base_cases):
                 if isinstance(method, Unedited):
-                    edited_cases.append(_unedited_case(base_cases[len(edited_cases)], reference, req.case_id))
+                    edited_cases.append(_unedited_case(base, reference, req.case_id))
                 elif batched:
                     deltas.append(method.weight_deltas(model, tokenizer, req))
                     with applied(model, deltas[-1]):

@@ -385,11 +385,14 @@ class SplitForward:
 
     def head_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean NLL of ``targets`` [N] at final hidden states ``h`` [N, d]: ``nll(head(h), targets)`` with one read
-        of the LM head's weight (:func:`fused_head_nll`) where the head is a plain bias-free matrix without a soft
+        of the LM head's weight (:func:`fused_head_nll`) where the head is a frozen, bias-free matrix without a soft
         cap, else through :meth:`head`."""
         weight = getattr(self.lm_head, "weight", None)
-        if self.softcap is not None or getattr(self.lm_head, "bias", None) is not None or weight is None:
-            return -self.head(h).float().log_softmax(-1).gather(-1, targets[:, None]).mean()
+        if self.softcap is not None or getattr(self.lm_head, "bias", None) is not None or weight is None or \
+                weight.requires_grad:
+            from .editor import nll
+
+            return nll(self.head(h), targets)
         return fused_head_nll(self.final_norm(h), weight, targets)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

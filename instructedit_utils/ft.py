@@ -25,7 +25,8 @@ from torch import nn
 
 from .baselines import EditingMethod, make_config, register
 from .editor import applied
-from .edit_loop import OptimizedMethod, hooked, layer_module, optimize, request_batch, target_loss
+from .edit_loop import (OptimizedMethod, check_loop_options, hooked, layer_module, optimize, request_batch,
+                        target_loss)
 from .models import arch_spec
 
 
@@ -38,10 +39,7 @@ class FTLConfig:
     norm_constraint: float | None = 5e-4  # L∞ bound on every entry of the change (None: unconstrained)
 
     def __post_init__(self):
-        if self.steps < 0:
-            raise ValueError("FTLConfig.steps must be >= 0")
-        if self.lr < 0:
-            raise ValueError("FTLConfig.lr must be >= 0")
+        check_loop_options(self)
         if self.norm_constraint is not None and not self.norm_constraint > 0:
             raise ValueError("FTLConfig.norm_constraint must be > 0 or None")
 

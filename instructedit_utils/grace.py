@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .baselines import EditingMethod, make_config, register
-from .edit_loop import OptimizedMethod, hooked, optimize, request_batch, target_loss
+from .edit_loop import OptimizedMethod, check_loop_options, hooked, optimize, request_batch, target_loss
 from .editor import nll
 from .forward import SplitForward
 from .instructions import EditRequest
@@ -54,10 +54,7 @@ class GraceConfig:
     def __post_init__(self):
         if not self.eps_init > 0:
             raise ValueError("GraceConfig.eps_init must be > 0")
-        if self.steps < 0:
-            raise ValueError("GraceConfig.steps must be >= 0")
-        if self.lr < 0:
-            raise ValueError("GraceConfig.lr must be >= 0")
+        check_loop_options(self)
         if self.stop_loss is not None and not self.stop_loss > 0:
             raise ValueError("GraceConfig.stop_loss must be > 0 or None")
 

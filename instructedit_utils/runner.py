@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from .parameters import (RUNS_DIR, add_arguments, notebook_parameters, notebook_path, notebooks, parse_overrides,
                          resolved_parameters)
-from .paths import PROJECT_ROOT
+from .paths import PROJECT_ROOT, project_path
 
 EXECUTED_DIR = PROJECT_ROOT / "book" / "executed"
 COST_FILE = "cost.json"  # in each notebook's run folder: what its last execution by the runner cost
@@ -77,8 +77,7 @@ def run_notebook(name: str, profile: str = "cpu", overrides: dict[str, Any] | No
                                kernel_name="python3", progress_bar=False, log_output=False)
     resolved = resolved_parameters(path, profile, overrides, runs_dir)
     cost = execution_cost(path.stem, resolved, time.time() - started, started)
-    run_dir = Path(resolved["run_dir"]).expanduser()
-    run_dir = run_dir if run_dir.is_absolute() else PROJECT_ROOT / run_dir
+    run_dir = project_path(resolved["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / COST_FILE).write_text(json.dumps(cost, indent=2) + "\n")
     return out

@@ -319,6 +319,22 @@ def test_fused_head_nll_equals_the_plain_loss_and_gradient():
         fused_head_nll(h, weight.clone().requires_grad_(True), targets)
 
 
+def test_head_nll_falls_back_to_the_plain_loss_for_a_trainable_head(tiny_llama):
+    model, _ = tiny_llama
+    runner = SplitForward(model, 2)
+    h = torch.randn(3, model.config.hidden_size)
+    targets = torch.tensor([1, 5, 7])
+    plain = nll(runner.head(h), targets)
+    trainable = model.lm_head.weight.requires_grad
+    try:
+        model.lm_head.weight.requires_grad_(True)
+        torch.testing.assert_close(runner.head_nll(h, targets), plain)  # no error: the plain loss, with its gradient
+        model.lm_head.weight.requires_grad_(False)
+        torch.testing.assert_close(runner.head_nll(h, targets), plain, rtol=1e-5, atol=1e-6)  # the fused loss
+    finally:
+        model.lm_head.weight.requires_grad_(trainable)
+
+
 def test_edit_with_the_fused_head_equals_the_plain_head(tiny, monkeypatch):
     """An edit's deltas and loss with the fused LM-head loss equal those of the plain logits (frozen model)."""
     model, tok = tiny
