@@ -2,6 +2,8 @@
 
 * :class:`ModelConfig` — which model, where, which layers are edited.
 * :class:`ExperimentConfig` — data, sampling, evaluation settings and the run folder.
+* :class:`MethodConfig` — the editor and its training; :class:`GradientConfig` — editing-gradient analysis;
+  :class:`MixtureConfig` — chapter 6's training mixtures (task scaling and data balance).
 
 Notebooks build these from their ``parameters`` cell; :meth:`ExperimentConfig.to_dict` is what lands in
 ``params.json`` of the run folder.
@@ -66,6 +68,7 @@ class ExperimentConfig:
     workers: int | None = 1  # processes working at once (editors trained, methods evaluated); None: one per core
     method: "MethodConfig | None" = None  # the editor and its training (notebooks that train/use editors)
     gradients: "GradientConfig | None" = None  # editing-gradient collection and analysis (chapter 5)
+    mixtures: "MixtureConfig | None" = None  # chapter 6's training mixtures, trained in chapter 2's pool
     # --- evaluation settings (notebooks 03/04, instructedit-eval) ---
     editors_dir: str | None = None  # trained editors (default: the sibling run folder 02_editor_training)
     methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base", ft-l/calinet/grace or editor folders
@@ -84,6 +87,8 @@ class ExperimentConfig:
             self.method = MethodConfig.from_dict(self.method)
         if isinstance(self.gradients, dict):
             self.gradients = GradientConfig(**self.gradients)
+        if isinstance(self.mixtures, dict):
+            self.mixtures = MixtureConfig(**self.mixtures)
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         self.tasks = tuple(self.tasks)
@@ -120,6 +125,8 @@ class ExperimentConfig:
             self.descriptions()  # validated now, before any model loads
         if self.single_task_steps is not None and self.single_task_steps < 1:
             raise ValueError("single_task_steps must be >= 1 or None")
+        if self.mixtures is not None:
+            self.mixtures.check_tasks(self.method.tasks if self.method is not None else MethodConfig().tasks)
 
     def n_workers(self) -> int:
         """Processes that may work at once: :attr:`workers`, or one per core when it is None. On a GPU, one."""
@@ -148,13 +155,16 @@ class ExperimentConfig:
         """Build from a notebook's flat ``parameters`` cell: ``model_name``/``device``/``dtype``/``num_threads``/
         ``edit_layers`` go to :class:`ModelConfig`; names of :class:`MethodConfig` fields (and ``train_tasks`` for
         its ``tasks``) go to a :class:`MethodConfig` seeded with ``seed``; names of :class:`GradientConfig` fields
-        to a :class:`GradientConfig`; the rest to this class. Without ``tasks``,
+        to a :class:`GradientConfig`, of :class:`MixtureConfig` fields to a :class:`MixtureConfig`; the rest to this
+        class. Without ``tasks``,
         the tasks evaluated are the training tasks. Unknown names are an error."""
         own = {f.name for f in dataclasses.fields(cls)}
         method_names = {f.name for f in dataclasses.fields(MethodConfig)} - own - {"name"}
         method_fields = {k: fields.pop(k) for k in list(fields) if k in method_names}
         gradient_names = {f.name for f in dataclasses.fields(GradientConfig)} - own
         gradient_fields = {k: fields.pop(k) for k in list(fields) if k in gradient_names}
+        mixture_names = {f.name for f in dataclasses.fields(MixtureConfig)} - own
+        mixture_fields = {k: fields.pop(k) for k in list(fields) if k in mixture_names}
         if "train_tasks" in fields:
             method_fields["tasks"] = fields.pop("train_tasks")
             fields.setdefault("tasks", method_fields["tasks"])
@@ -167,6 +177,8 @@ class ExperimentConfig:
             fields["method"] = MethodConfig(seed=fields.get("seed", 0), **method_fields)
         if gradient_fields:
             fields["gradients"] = GradientConfig(**gradient_fields)
+        if mixture_fields:
+            fields["mixtures"] = MixtureConfig(**mixture_fields)
         return cls(model=model, **fields)
 
     def editor_configs(self) -> dict[str, "MethodConfig"]:
@@ -195,10 +207,16 @@ class ExperimentConfig:
                 for task in self.method.tasks}
 
     def training_configs(self) -> dict[str, "MethodConfig"]:
-        """Every editor chapter 2 trains, in one pool of workers: the multi-task editors (:meth:`editor_configs`)
-        and the single-task editors of Table 1 (:meth:`single_task_configs`, instructions as
-        :attr:`transfer_instructions`), which chapters 4 and 5 load."""
-        return {**self.editor_configs(), **self.single_task_configs(self.transfer_instructions)}
+        """Every editor chapter 2 trains, in one pool of workers: the multi-task editors (:meth:`editor_configs`),
+        the single-task editors of Table 1 (:meth:`single_task_configs`, instructions as
+        :attr:`transfer_instructions`), which chapters 4 and 5 load, and, with :attr:`mixtures`, chapter 6's
+        mixture editors that no other editor already gives (:func:`instructedit_utils.mixtures.plan`)."""
+        base = {**self.editor_configs(), **self.single_task_configs(self.transfer_instructions)}
+        if self.mixtures is None:
+            return base
+        from .mixtures import plan
+
+        return plan(self, base).train
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -256,6 +274,68 @@ class GradientConfig:
                 raise ValueError("GradientConfig.matrices is empty (None: every edited matrix)")
 
 
+#: Training-set sizes of the paper's tasks (records): WikiData Recent 570 and WikiData CounterFact 1,455 (KnowEdit's
+#: dataset card, huggingface.co/datasets/zjunlp/KnowEdit), ConvSent 14,390 (KnowEdit, Zhang et al. 2024,
+#: arXiv:2401.01286, its dataset table). Drawn in these proportions, ConvSent is 87% of the training edits: the
+#: "ConvSent-dominated" mixture of the paper's Fig. 4d, which then balanced ConvSent to 1,427 records.
+PAPER_TRAIN_SIZES = {"recent": 570, "counterfact": 1455, "convsent": 14390}
+
+
+@dataclass
+class MixtureConfig:
+    """Chapter 6's training mixtures (paper Fig. 4b-d): which editors are trained to test task scaling and balance.
+
+    * **Task scaling**: InstructEdit and MEND editors trained on the first 1, 2, ... tasks of :attr:`scaling_order`
+      (uniform task weights), one per seed of :attr:`scaling_seeds`.
+    * **Balance**: InstructEdit on all training tasks with tasks drawn in proportion to :attr:`dominant_weights`
+      (default: the paper's training-set sizes, ConvSent-dominated) against the uniform mixture (the book's default),
+      one pair per seed of :attr:`balance_seeds`.
+
+    Every mixture editor has the multi-task hyperparameters and :attr:`mixture_steps` steps (None: the multi-task
+    budget). An editor whose training config another editor of chapter 2 already has is not trained twice; one that
+    differs from a longer run only in its budget is that run's best editor at the budget (``keep_best_at``).
+    """
+
+    scaling_order: tuple[str, ...] = ("recent", "counterfact", "convsent")  # tasks added one at a time (Fig. 4c)
+    scaling_seeds: tuple[int, ...] = (0,)
+    dominant_weights: dict[str, float] | None = None  # None: PAPER_TRAIN_SIZES
+    balance_seeds: tuple[int, ...] = (0,)
+    mixture_steps: int | None = None  # steps of every mixture editor (None: the multi-task budget)
+
+    def __post_init__(self):
+        self.scaling_order = tuple(self.scaling_order)
+        if not self.scaling_order or len(set(self.scaling_order)) != len(self.scaling_order):
+            raise ValueError(f"MixtureConfig.scaling_order must name distinct tasks, got {self.scaling_order}")
+        for name in ("scaling_seeds", "balance_seeds"):
+            seeds = tuple(int(s) for s in getattr(self, name))
+            if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+                raise ValueError(f"MixtureConfig.{name} must be distinct seeds >= 0, got {seeds}")
+            setattr(self, name, seeds)
+        if self.dominant_weights is not None:
+            self.dominant_weights = {str(k): float(v) for k, v in self.dominant_weights.items()}
+        weights = self.weights()
+        if any(not w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"MixtureConfig.dominant_weights must be >= 0 and not all zero, got {weights}")
+        if self.mixture_steps is not None and self.mixture_steps < 1:
+            raise ValueError("MixtureConfig.mixture_steps must be >= 1 or None")
+
+    def weights(self) -> dict[str, float]:
+        """The ConvSent-dominated mixture's task weights."""
+        return dict(self.dominant_weights if self.dominant_weights is not None else PAPER_TRAIN_SIZES)
+
+    def check_tasks(self, train_tasks: Sequence[str]) -> None:
+        """Every task named here must be a training task of the editors."""
+        for what, tasks in (("scaling_order", self.scaling_order), ("dominant_weights", self.weights())):
+            unknown = [t for t in tasks if t not in train_tasks]
+            if unknown:
+                raise ValueError(f"MixtureConfig.{what} names task(s) {unknown} that are not training tasks "
+                                 f"{list(train_tasks)}")
+        if self.dominant_weights is None:
+            missing = [t for t in train_tasks if t not in PAPER_TRAIN_SIZES]
+            if missing:
+                raise ValueError(f"No paper training-set size for {missing}: give dominant_weights")
+
+
 PATH_FIELDS = ("run_dir", "data_dir", "editors_dir", "descriptions_file")
 
 
@@ -266,7 +346,7 @@ def config_table(config: "ExperimentConfig | MethodConfig") -> "pd.DataFrame":
 
     rows = []
     for key, value in config.to_dict().items():
-        if key in ("method", "gradients"):
+        if key in ("method", "gradients", "mixtures"):
             continue
         if isinstance(value, dict) and key == "model":
             rows += [(f"model/{k}", v) for k, v in value.items()]
@@ -316,6 +396,9 @@ class MethodConfig:
     early_stop_metric: str = "val/score"
     early_stop_mode: str = "max"
     patience: int = 5  # validations without improvement before stopping (0: never stop early)
+    # steps at which the best editor so far is also kept as ``<name>@<step>`` beside the run: the editor a run with
+    # that budget would have given (the schedule does not depend on ``steps``); multiples of val_every
+    keep_best_at: tuple[int, ...] = ()
     loc_probes: int = 1  # locality sequences per edit in the loss
     sentiment_responses: int = 2  # ConvSent: responses per sentiment in the likelihood/unlikelihood loss
     max_target_tokens: int = 24  # ConvSent responses are cut to this many tokens in the training loss
@@ -364,6 +447,11 @@ class MethodConfig:
             raise ValueError("norm_warmup must be >= 1 when normalize is on (statistics must exist before use)")
         if self.patience < 0:
             raise ValueError("patience must be >= 0")
+        self.keep_best_at = tuple(sorted(set(int(s) for s in self.keep_best_at)))
+        for step in self.keep_best_at:
+            if not 0 < step < self.steps or step % self.val_every:
+                raise ValueError(f"keep_best_at: {step} is not a validation step below steps={self.steps} "
+                                 f"(a multiple of val_every={self.val_every})")
         if self.ke_hidden < 1 or self.kl_margin < 0 or self.lagrange_lr < 0:
             raise ValueError("ke_hidden must be >= 1, kl_margin and lagrange_lr >= 0")
 

@@ -10,6 +10,8 @@ setting        what is evaluated
 ``transfer``   single-task editors trained on task A, tested on task B (Table 1's decay matrix)
 ``gradients``  the editing areas (editing gradients) of the multi-task editors on all tasks and of each single-task
                editor on its own task, stored for chapter 5's analysis (Fig. 4a, :mod:`~instructedit_utils.gradients`)
+``mixtures``   chapter 6's task-scaling and balance editors on all four tasks, and their editing areas (Fig. 4b-d,
+               :mod:`~instructedit_utils.mixtures`)
 =============  ========================================================================================================
 
 Each setting writes ``<run_dir>/<setting>/``: ``cases_<method>[_<condition>].jsonl`` (one line per case, resumable;
@@ -23,6 +25,7 @@ them). The notebooks (03, 04) and the command line call the same functions with 
     instructedit-eval unseen --profile cpu --descriptions my_descriptions.json
     instructedit-eval transfer --profile gpu
     instructedit-eval holdout --profile cpu --runs-dir /tmp/other_runs -p holdout_split=test
+    instructedit-eval mixtures --profile cpu
 """
 from __future__ import annotations
 
@@ -45,10 +48,10 @@ from .runs import RunFolder, SettingsMismatch
 if TYPE_CHECKING:
     from .gradients import Areas
 
-SETTINGS = ("multitask", "holdout", "unseen", "transfer", "gradients")
+SETTINGS = ("multitask", "holdout", "unseen", "transfer", "gradients", "mixtures")
 NOTEBOOKS = {"multitask": "03_multitask_and_holdout", "holdout": "03_multitask_and_holdout",
              "unseen": "04_unseen_instructions", "transfer": "04_unseen_instructions",
-             "gradients": "05_gradient_analysis"}
+             "gradients": "05_gradient_analysis", "mixtures": "06_task_scaling_and_balance"}
 TRANSFER_NOTEBOOK = "04_unseen_instructions"
 SINGLE_TASK_GROUP = "single-task MEND"
 EDITORS_NOTEBOOK = "02_editor_training"
@@ -89,7 +92,7 @@ def _requests(cfg: ExperimentConfig, method: EditingMethod, tasks: Sequence[str]
                                     instruct_locality=cfg.instruct_locality, description=described)
 
 
-def _evaluate(cfg: ExperimentConfig, setting: str, methods: Mapping[str, EditingMethod], model, tokenizer,
+def evaluate_setting(cfg: ExperimentConfig, setting: str, methods: Mapping[str, EditingMethod], model, tokenizer,
               tasks: Sequence[str], *, condition: str | None = None, description: int | str | None = None,
               progress: Callable | None = None, parallel: bool = False) -> list[dict[str, Any]]:
     """Evaluate every method (resumable case files). With ``parallel``, methods of ``cfg.methods`` with unfinished
@@ -148,7 +151,7 @@ def _evaluate_worker(cfg: ExperimentConfig, setting: str, name: str, tasks: tupl
     setup_torch(threads, cfg.seed)
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
     model.requires_grad_(False)
-    _evaluate(cfg, setting, load_methods(cfg, model, tokenizer, [name]), model, tokenizer, tasks,
+    evaluate_setting(cfg, setting, load_methods(cfg, model, tokenizer, [name]), model, tokenizer, tasks,
               condition=condition, description=description)
 
 
@@ -162,7 +165,7 @@ def multitask(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Edi
               progress: Callable | None = None) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Every method on the test split of each of ``cfg.tasks`` (the training tasks). Returns (cases, summary)."""
     methods = methods if methods is not None else load_methods(cfg, model, tokenizer)
-    cases = _evaluate(cfg, "multitask", methods, model, tokenizer, cfg.tasks, progress=progress, parallel=True)
+    cases = evaluate_setting(cfg, "multitask", methods, model, tokenizer, cfg.tasks, progress=progress, parallel=True)
     return cases, _summary(cfg, "multitask", cases, ("method", "task"))
 
 
@@ -171,7 +174,7 @@ def holdout(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Editi
     """The same methods on ``cfg.holdout_tasks`` (ZsRE), which no editor saw in training, sampled from
     ``cfg.holdout_split`` (default: all of the task's records)."""
     methods = methods if methods is not None else load_methods(cfg, model, tokenizer)
-    cases = _evaluate(cfg, "holdout", methods, model, tokenizer, cfg.holdout_tasks, progress=progress,
+    cases = evaluate_setting(cfg, "holdout", methods, model, tokenizer, cfg.holdout_tasks, progress=progress,
                       parallel=True)
     return cases, _summary(cfg, "holdout", cases, ("method", "task"))
 
@@ -196,11 +199,11 @@ def unseen(cfg: ExperimentConfig, model, tokenizer, method: EditingMethod | None
     methods = {method.name: method}
     cases = []
     for condition, description in (("seen", None), ("held_out", "held_out")):
-        cases += _evaluate(cfg, "unseen", methods, model, tokenizer, tasks, condition=condition,
+        cases += evaluate_setting(cfg, "unseen", methods, model, tokenizer, tasks, condition=condition,
                            description=description, progress=progress)
     for task, texts in (descriptions or {}).items():
         for i, text in enumerate(texts):
-            cases += _evaluate(cfg, "unseen", methods, model, tokenizer, (task,), condition=f"external{i}",
+            cases += evaluate_setting(cfg, "unseen", methods, model, tokenizer, (task,), condition=f"external{i}",
                                description=text, progress=progress)
     return cases, _summary(cfg, "unseen", cases, ("condition", "task"))
 
@@ -228,7 +231,7 @@ def transfer(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Edit
     editors of chapter 2 (default) are evaluated side by side in ``cfg.workers`` processes."""
     parallel = methods is None
     methods = methods if methods is not None else single_task_editors(cfg, model, tokenizer)
-    cases = _evaluate(dataclasses.replace(cfg, methods=tuple(methods)) if parallel else cfg, "transfer", methods,
+    cases = evaluate_setting(dataclasses.replace(cfg, methods=tuple(methods)) if parallel else cfg, "transfer", methods,
                       model, tokenizer, cfg.tasks, progress=progress, parallel=parallel)
     for c in cases:
         c["train_task"] = c["method"].split("-", 1)[1]
@@ -349,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("setting", choices=SETTINGS)
-    add_arguments(parser, "the setting's notebook (03 for multitask/holdout, 04 for unseen/transfer)")
+    add_arguments(parser, "the setting's notebook (03 for multitask/holdout, 04 for unseen/transfer, 05 for gradients, "
+                          "06 for mixtures)")
     parser.add_argument("--descriptions", help="external descriptions file (unseen setting; = -p descriptions_file=…)")
     return parser
 
@@ -379,6 +383,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
     model.requires_grad_(False)
     try:
+        if args.setting == "mixtures":
+            from . import mixtures
+
+            the_plan = mixtures.trained_plan(cfg)
+            _, summary = mixtures.evaluate(cfg, model, tokenizer, the_plan)
+            groups = mixtures.gradients(cfg, model, tokenizer, the_plan)
+            print(mixtures.results(the_plan, summary).pivot_table(
+                index=["experiment", "label"], columns=["task", "metric"], values="mean").round(3).to_string())
+            print(f"[instructedit-eval] wrote {Path(cfg.run_dir) / mixtures.SETTING} and the editing areas of "
+                  f"{len(groups)} editors in {Path(cfg.run_dir) / 'gradients'}")
+            return 0
         if args.setting == "gradients":
             for group, areas in gradients(cfg, model, tokenizer).items():
                 print(f"{group}: {len(areas.manifest)} editing areas, tasks {sorted(set(areas.manifest['task']))}")

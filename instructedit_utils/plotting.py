@@ -152,3 +152,61 @@ def plot_gradient_norms(norms: pd.DataFrame, title: str = "Norm of the editing g
     ax.set(title=title, xlabel="task", ylabel="‖∇̃‖_F (log scale)")
     fig.tight_layout()
     return fig
+
+
+def plot_task_scaling(results: pd.DataFrame, tasks: Sequence[str], metrics: Sequence[str] = ("edit/acc", "gen/acc",
+                      "loc/acc"), title: str = "More training tasks (Fig. 4c)") -> plt.Figure:
+    """Fig. 4c: each metric against the number of training tasks, one line per method (mean with 95% CI bars; one
+    point per seed), one panel per metric × tested task. ``results`` as :func:`~instructedit_utils.mixtures.results`
+    gives it (columns ``n_tasks``, ``method``, ``seed``, ``task``, ``metric``, ``mean``, ``ci_low``, ``ci_high``)."""
+    sns.set_theme(style="whitegrid")
+    df = results[results["metric"].isin(metrics) & results["task"].isin(tasks)]
+    metrics = [m for m in metrics if m in set(df["metric"])]
+    fig, axes = plt.subplots(len(metrics), len(tasks), figsize=(3.1 * len(tasks), 2.6 * len(metrics)),
+                             squeeze=False, sharex=True)
+    methods = list(dict.fromkeys(df["method"]))
+    colors = dict(zip(methods, sns.color_palette(n_colors=len(methods))))
+    for i, metric in enumerate(metrics):
+        for j, task in enumerate(tasks):
+            ax = axes[i][j]
+            part = df[(df["metric"] == metric) & (df["task"] == task)]
+            for k, method in enumerate(methods):
+                for seed, line in part[part["method"] == method].groupby("seed"):
+                    line = line.sort_values("n_tasks")
+                    x = line["n_tasks"] + (k - (len(methods) - 1) / 2) * 0.06
+                    ax.errorbar(x, line["mean"] * 100, yerr=[(line["mean"] - line["ci_low"]) * 100,
+                                                               (line["ci_high"] - line["mean"]) * 100],
+                                marker="o", capsize=3, color=colors[method], alpha=1.0 if seed == 0 else 0.6)
+            ax.set(title=f"{task}", ylabel=f"{metric_label(metric)} (%)" if j == 0 else "", ylim=(0, 105),
+                   xticks=sorted(set(df["n_tasks"])), xlabel="training tasks" if i == len(metrics) - 1 else "")
+    handles = [plt.Line2D([], [], color=colors[m], marker="o", label=m) for m in methods]
+    axes[0][-1].legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_differences(diffs: pd.DataFrame, x: str = "task", hue: str = "seed", title: str = "",
+                     ylabel: str = "difference (points)") -> plt.Figure:
+    """Paired differences with 95% CIs (points with error bars, a line at 0), one panel per metric: e.g. uniform −
+    ConvSent-dominated per task and seed (Fig. 4d)."""
+    sns.set_theme(style="whitegrid")
+    metrics = list(dict.fromkeys(diffs["metric"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.2), squeeze=False, sharey=True)
+    hues = list(dict.fromkeys(diffs[hue]))
+    colors = dict(zip(hues, sns.color_palette(n_colors=len(hues))))
+    for ax, metric in zip(axes[0], metrics):
+        part = diffs[diffs["metric"] == metric]
+        xs = list(dict.fromkeys(part[x]))
+        for k, h in enumerate(hues):
+            p = part[part[hue] == h].set_index(x).reindex(xs)
+            pos = [i + (k - (len(hues) - 1) / 2) * 0.15 for i in range(len(xs))]
+            ax.errorbar(pos, p["diff"] * 100, yerr=[(p["diff"] - p["ci_low"]) * 100, (p["ci_high"] - p["diff"]) * 100],
+                        fmt="o", capsize=3, color=colors[h], label=f"{hue} {h}")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(xs)), xs, rotation=20)
+        ax.set(title=metric_label(metric), ylabel=ylabel)
+    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

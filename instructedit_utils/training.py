@@ -344,6 +344,13 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def budget_dir(directory: str | os.PathLike, budget: int) -> Path:
+    """Where a run keeps its best editor at a smaller step budget (``MethodConfig.keep_best_at``):
+    ``<run>@<budget>`` beside it."""
+    directory = Path(directory)
+    return directory.parent / f"{directory.name}@{budget}"
+
+
 def is_trained(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds a finished training run (``done.json`` and the best editor)."""
     d = Path(directory)
@@ -528,10 +535,27 @@ class _Trainer:
         row = {"step": state["step"], **metrics, "val/best": state["best"], "time/val_s": time.perf_counter() - t0}
         if self.main:
             self.logs.append_cases(VAL_LOG, [row])
+        if state["step"] in config.keep_best_at:
+            self.keep_best(state["step"])
         self.log(f"[{config.name}] step {state['step']}: " + ", ".join(
             f"{k[4:]}={metrics[k]:.3f}" for k in ("val/edit/acc", "val/gen/acc", "val/loc/acc", "val/score")
             if k in metrics) + (" (best)" if better else f" (no gain {state['bad_rounds']}/{config.patience})"))
         return config.patience > 0 and state["bad_rounds"] >= config.patience
+
+    def keep_best(self, budget: int) -> None:
+        """Copy the best editor so far to :func:`budget_dir` as a finished run of ``budget`` steps (what training
+        with that budget gives: the draws, validations and early stopping of its first ``budget`` steps are these)."""
+        if not self.main:
+            return
+        folder = budget_dir(self.directory, budget)
+        best = MendEditor.load(self.directory, self.model, device=next(self.model.parameters()).device)
+        best.config = dataclasses.replace(self.config, name=folder.name, steps=budget, keep_best_at=())
+        best.save(folder, {"step": self.state["best_step"], self.config.early_stop_metric: self.state["best"]})
+        _atomic_json(folder / DONE_FILE, {
+            "stop_reason": "budget", "step": min(budget, self.state["step"]), "best_step": self.state["best_step"],
+            "best": self.state["best"], "metric": self.config.early_stop_metric, "skipped_steps": self.state["skipped"],
+            "train_time_s": self.state["elapsed_s"], "processes": self.accelerator.num_processes,
+            "kept_from": self.config.name})
 
     def _edits(self, step: int) -> tuple[bool, dict[str, list[float]]]:
         """Loss and backward pass of the ``grad_accumulation`` edits of ``step``; (all finite, their metrics)."""
@@ -607,6 +631,9 @@ class _Trainer:
                    "train_time_s": state["elapsed_s"], "processes": self.accelerator.num_processes}
         if self.main:
             _atomic_json(self.directory / DONE_FILE, summary)
+        for budget in config.keep_best_at:  # stopped early before a kept budget: a run of that budget stops here too
+            if budget > state["step"]:
+                self.keep_best(budget)
         best = MendEditor.load(self.directory, self.model, device=device)
         self.log(f"[{config.name}] finished: {stop_reason} at step {state['step']}, best {config.early_stop_metric}="
                  f"{state['best']:.3f} at step {state['best_step']}")

@@ -18,6 +18,7 @@ CLI_TWINS = {
     "03_multitask_and_holdout": [(experiments, ["multitask"]), (experiments, ["holdout"])],
     "04_unseen_instructions": [(experiments, ["unseen"]), (experiments, ["transfer"])],
     "05_gradient_analysis": [(experiments, ["gradients"])],
+    "06_task_scaling_and_balance": [(experiments, ["mixtures"])],
 }
 
 
