@@ -172,3 +172,18 @@ def test_verdicts_from_paired_differences():
     mixed = mixtures.verdict(diffs((0.01, 0.2), (-0.1, 0.05)), "zsre")
     assert mixed["verdict"] == "inconclusive" and mixed["seed_spread"] == pytest.approx(0.105 - (-0.025))
     assert mixtures.verdict(diffs((0.01, 0.2)), "recent")["verdict"] == "not measured"
+
+
+def test_better_mixture_needs_reliability_without_losing_locality():
+    def res(rel_u, rel_d, loc_u, loc_d):
+        rows = []
+        for mixture, rel, loc in ((mixtures.UNIFORM, rel_u, loc_u), (mixtures.DOMINATED, rel_d, loc_d)):
+            rows += [{"experiment": mixtures.BALANCE, "mixture": mixture, "task": "zsre", "metric": "edit/acc",
+                      "mean": rel},
+                     {"experiment": mixtures.BALANCE, "mixture": mixture, "task": "zsre", "metric": "loc/acc",
+                      "mean": loc}]
+        return pd.DataFrame(rows)
+    assert mixtures.better_mixture(res(0.7, 0.8, 0.9, 0.9), "zsre")["better"] is True
+    lost = mixtures.better_mixture(res(0.7, 0.8, 0.9, 0.85), "zsre")
+    assert lost["better"] is False and "loses Locality" in lost["text"]
+    assert "no mixture beats" in mixtures.better_mixture(res(0.8, 0.7, 0.9, 0.95), "zsre")["text"]
