@@ -202,7 +202,7 @@ def plot_differences(diffs: pd.DataFrame, x: str = "task", hue: str = "seed", ti
             p = part[part[hue] == h].set_index(x).reindex(xs)
             pos = [i + (k - (len(hues) - 1) / 2) * 0.15 for i in range(len(xs))]
             ax.errorbar(pos, p["diff"] * 100, yerr=[(p["diff"] - p["ci_low"]) * 100, (p["ci_high"] - p["diff"]) * 100],
-                        fmt="o", capsize=3, color=colors[h], label=f"{hue} {h}")
+                        fmt="o", capsize=3, color=colors[h], label=f"seed {h}" if hue == "seed" else str(h))
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(range(len(xs)), xs, rotation=20)
         ax.set(title=metric_label(metric), ylabel=ylabel)
