@@ -276,7 +276,7 @@ class GradientConfig:
 
 #: Training-set sizes of the paper's tasks (records): WikiData Recent 570 and WikiData CounterFact 1,455 (KnowEdit's
 #: dataset card, huggingface.co/datasets/zjunlp/KnowEdit), ConvSent 14,390 (KnowEdit, Zhang et al. 2024,
-#: arXiv:2401.01286, its dataset table). Drawn in these proportions, ConvSent is 87% of the training edits: the
+#: arXiv:2401.01286, its dataset table). Drawn in these proportions, ConvSent is 88% of the training edits: the
 #: "ConvSent-dominated" mixture of the paper's Fig. 4d, which then balanced ConvSent to 1,427 records.
 PAPER_TRAIN_SIZES = {"recent": 570, "counterfact": 1455, "convsent": 14390}
 
