@@ -449,11 +449,16 @@ class MethodConfig:
             raise ValueError("patience must be >= 0")
         self.keep_best_at = tuple(sorted(set(int(s) for s in self.keep_best_at)))
         for step in self.keep_best_at:
-            if not 0 < step < self.steps or step % self.val_every:
+            if not self.can_keep_best_at(step):
                 raise ValueError(f"keep_best_at: {step} is not a validation step below steps={self.steps} "
                                  f"(a multiple of val_every={self.val_every})")
         if self.ke_hidden < 1 or self.kl_margin < 0 or self.lagrange_lr < 0:
             raise ValueError("ke_hidden must be >= 1, kl_margin and lagrange_lr >= 0")
+
+    def can_keep_best_at(self, step: int) -> bool:
+        """Whether a run of this config can keep its best editor at ``step`` (``keep_best_at``): a validation step
+        below the budget."""
+        return 0 < step < self.steps and step % self.val_every == 0
 
     def weights(self) -> dict[str, float]:
         """Sampling weight per task (uniform when ``task_weights`` is None; missing tasks get 0)."""

@@ -93,8 +93,8 @@ def _requests(cfg: ExperimentConfig, method: EditingMethod, tasks: Sequence[str]
 
 
 def evaluate_setting(cfg: ExperimentConfig, setting: str, methods: Mapping[str, EditingMethod], model, tokenizer,
-              tasks: Sequence[str], *, condition: str | None = None, description: int | str | None = None,
-              progress: Callable | None = None, parallel: bool = False) -> list[dict[str, Any]]:
+                     tasks: Sequence[str], *, condition: str | None = None, description: int | str | None = None,
+                     progress: Callable | None = None, parallel: bool = False) -> list[dict[str, Any]]:
     """Evaluate every method (resumable case files). With ``parallel``, methods of ``cfg.methods`` with unfinished
     cases are first evaluated in worker processes (:func:`_evaluate_in_workers`); here they are then read back."""
     folder = RunFolder(Path(cfg.run_dir) / setting)
@@ -152,7 +152,7 @@ def _evaluate_worker(cfg: ExperimentConfig, setting: str, name: str, tasks: tupl
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
     model.requires_grad_(False)
     evaluate_setting(cfg, setting, load_methods(cfg, model, tokenizer, [name]), model, tokenizer, tasks,
-              condition=condition, description=description)
+                     condition=condition, description=description)
 
 
 def _summary(cfg: ExperimentConfig, setting: str, cases: list[dict[str, Any]], by: Sequence[str]) -> pd.DataFrame:
@@ -175,7 +175,7 @@ def holdout(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Editi
     ``cfg.holdout_split`` (default: all of the task's records)."""
     methods = methods if methods is not None else load_methods(cfg, model, tokenizer)
     cases = evaluate_setting(cfg, "holdout", methods, model, tokenizer, cfg.holdout_tasks, progress=progress,
-                      parallel=True)
+                             parallel=True)
     return cases, _summary(cfg, "holdout", cases, ("method", "task"))
 
 
@@ -200,11 +200,11 @@ def unseen(cfg: ExperimentConfig, model, tokenizer, method: EditingMethod | None
     cases = []
     for condition, description in (("seen", None), ("held_out", "held_out")):
         cases += evaluate_setting(cfg, "unseen", methods, model, tokenizer, tasks, condition=condition,
-                           description=description, progress=progress)
+                                  description=description, progress=progress)
     for task, texts in (descriptions or {}).items():
         for i, text in enumerate(texts):
-            cases += evaluate_setting(cfg, "unseen", methods, model, tokenizer, (task,), condition=f"external{i}",
-                               description=text, progress=progress)
+            cases += evaluate_setting(cfg, "unseen", methods, model, tokenizer, (task,),
+                                      condition=f"external{i}", description=text, progress=progress)
     return cases, _summary(cfg, "unseen", cases, ("condition", "task"))
 
 
@@ -231,8 +231,9 @@ def transfer(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Edit
     editors of chapter 2 (default) are evaluated side by side in ``cfg.workers`` processes."""
     parallel = methods is None
     methods = methods if methods is not None else single_task_editors(cfg, model, tokenizer)
-    cases = evaluate_setting(dataclasses.replace(cfg, methods=tuple(methods)) if parallel else cfg, "transfer", methods,
-                      model, tokenizer, cfg.tasks, progress=progress, parallel=parallel)
+    run_cfg = dataclasses.replace(cfg, methods=tuple(methods)) if parallel else cfg
+    cases = evaluate_setting(run_cfg, "transfer", methods, model, tokenizer, cfg.tasks, progress=progress,
+                             parallel=parallel)
     for c in cases:
         c["train_task"] = c["method"].split("-", 1)[1]
     return cases, _summary(cfg, "transfer", cases, ("train_task", "task"))

@@ -29,6 +29,7 @@ import pandas as pd
 
 from .config import ExperimentConfig, MethodConfig
 from .evaluation import paired_difference, summarize
+from .training import budget_dir
 
 if TYPE_CHECKING:
     from .gradients import Areas
@@ -130,10 +131,9 @@ def plan(cfg: ExperimentConfig, base: Mapping[str, MethodConfig] | None = None) 
         folder = next((name for name, c in train.items() if _key(c) == _key(config)), None)
         if folder is None:
             for name, c in train.items():
-                if (_key(c, False) == _key(config, False) and c.steps > config.steps
-                        and config.steps % c.val_every == 0):
+                if _key(c, False) == _key(config, False) and c.can_keep_best_at(config.steps):
                     train[name] = dataclasses.replace(c, keep_best_at=tuple(c.keep_best_at) + (config.steps,))
-                    folder = f"{name}@{config.steps}"
+                    folder = budget_dir(name, config.steps).name
                     break
         if folder is None:
             train[config.name] = config
