@@ -112,6 +112,18 @@ def notebook_parameters(path: Path, profile: str, overrides: dict[str, Any] | No
     return params
 
 
+def overrides_by_notebook(names: Sequence[str], overrides: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Each named notebook's share of ``overrides``: the names its parameters cell declares. A name no notebook of
+    ``names`` declares is an error naming the notebooks (so ``-p seed=1`` reaches every chapter with a seed, and a
+    typo reaches none)."""
+    declared = {n: declared_parameters(notebook_path(n)) for n in names}
+    known = set().union(*declared.values()) if declared else set()
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        raise KeyError(f"no notebook of {list(names)} has the parameter(s) {unknown}")
+    return {n: {k: v for k, v in (overrides or {}).items() if k in declared[n]} for n in names}
+
+
 def resolved_parameters(path: Path, profile: str, overrides: dict[str, Any] | None = None,
                         runs_dir: Path = RUNS_DIR) -> dict[str, Any]:
     """Every parameter of the notebook as its code sees it after the runner's injection."""

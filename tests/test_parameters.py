@@ -47,6 +47,7 @@ def _argv(profile, runs_dir, overrides):
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runner_and_cli_build_the_same_config(path, profile, overrides, tmp_path):
+    overrides = {k: v for k, v in overrides.items() if k in parameters.declared_parameters(path)}
     injected = parameters.notebook_parameters(path, profile, overrides, tmp_path)
     from_notebook = notebook_config(path, injected).to_dict()
     assert from_notebook == parameters.notebook_config(path.stem, profile, overrides, tmp_path).to_dict()
