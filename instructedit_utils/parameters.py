@@ -153,18 +153,23 @@ def add_arguments(parser: argparse.ArgumentParser, what: str = "the notebook") -
     return parser
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (empty: ``{}``); invalid YAML or another type is an error naming the file."""
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected {what}")
+    return loaded
+
+
 def parse_overrides(items: Sequence[str], parameters_file: str | Path | None = None) -> dict[str, Any]:
     """``-f`` file values, then ``NAME=VALUE`` items (YAML values); a malformed item is an error naming it."""
     overrides: dict[str, Any] = {}
     if parameters_file:
-        path = Path(parameters_file)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of parameter names to values")
-        overrides.update(loaded)
+        overrides.update(read_yaml_mapping(parameters_file, "a mapping of parameter names to values"))
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

@@ -7,7 +7,13 @@ Command line::
     instructedit-book --profile cpu -p sample_per_task=10 -f my_params.yaml 01_instruction_construction
 
 Executed notebooks land in ``book/executed/`` (what ``_toc.yml`` lists); their artifacts in
-``runs/<profile>/<notebook>/``. Each notebook's parameters cell holds the book's default (``cpu``) values; a profile
+``runs/<profile>/<notebook>/``. Around each execution the runner converts the GGUF models the notebooks load (so the
+conversion's progress goes to the terminal, not onto a page), records what the execution cost in the run folder
+(``cost.json``: wall time, threads, workers, CPU, commit, whether the run folder already held results), folds the
+set-up cells (parameters, papermill's injected cell, config) and copies the pages a notebook wrote for the rest of the
+book (``<run folder>/publish/*.md``) next to the executed notebooks.
+
+Each notebook's parameters cell holds the book's default (``cpu``) values; a profile
 (``instructedit_utils/profiles/<name>.yaml``) holds what differs from them: ``defaults`` (given to every notebook that
 declares them) and per-notebook ``notebooks.<name>`` values (which must be declared). See
 :mod:`instructedit_utils.parameters`, which the command-line twins of the notebooks share.

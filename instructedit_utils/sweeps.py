@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
-import yaml
 
 from .config import PROFILES
-from .parameters import DERIVED, notebook_config, notebook_path, overrides_by_notebook
+from .parameters import DERIVED, notebook_config, notebook_path, overrides_by_notebook, read_yaml_mapping
 from .paths import display_path, project_path
 
 SWEEPS_DIR = "runs/sweeps"
@@ -117,12 +116,7 @@ class SweepConfig:
     def load(cls, path: str | Path, sweep_dir: str | Path | None = None) -> "SweepConfig":
         """Read a sweep file; unknown keys and malformed YAML are errors naming the file."""
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping with keys {KEYS}")
+        data = read_yaml_mapping(path, f"a mapping with keys {KEYS}")
         unknown = sorted(set(data) - set(KEYS))
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {unknown}; a sweep file has {KEYS}")
@@ -222,9 +216,11 @@ def failure(exc: BaseException, notebook: str) -> dict[str, Any]:
 def execute_run(cfg: SweepConfig, params: dict[str, Any],
                 execute: Callable[..., Any] | None = None) -> dict[str, Any]:
     """Execute every notebook of one run into its folder; the status (``done`` or ``failed`` with where and why)."""
-    if execute is None:
-        from .runner import run_notebook as execute
     folder = cfg.sweep_dir / run_id(params)
+    if execute is None:
+        from .runner import prepare_models, run_notebook as execute
+
+        prepare_models(cfg.notebooks, cfg.profile, {**cfg.fixed, **params})  # GGUF conversion here, not on a page
     _write_json(folder / "params.json", run_params(cfg, params))
     started = time.time()
     status: dict[str, Any] = {"run_id": run_id(params), "state": DONE}
