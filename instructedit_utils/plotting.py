@@ -210,3 +210,34 @@ def plot_differences(diffs: pd.DataFrame, x: str = "task", hue: str = "seed", ti
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_sweep(rows: pd.DataFrame, metric: str, x: str, hue: str | None = None, col: str | None = None,
+               title: str = "") -> plt.Figure:
+    """A sweep's metric against the swept parameter ``x`` (one line per ``hue``, slightly dodged so equal values
+    stay visible; one panel per ``col``) with each run's 95% CI, from one summary row per point (columns ``mean``,
+    ``ci_low``, ``ci_high``; see :mod:`instructedit_utils.sweeps`)."""
+    sns.set_theme(style="whitegrid")
+    s = 100.0 if is_fraction(metric) else 1.0
+    panels = list(dict.fromkeys(rows[col])) if col else [None]
+    hues = list(dict.fromkeys(rows[hue])) if hue else [None]
+    colors = dict(zip(hues, sns.color_palette(n_colors=len(hues))))
+    xs = list(dict.fromkeys(str(v) for v in rows[x]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 1.2 * len(xs) + 2.5) * len(panels), 3.4),
+                             squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        part = rows if panel is None else rows[rows[col] == panel]
+        for k, h in enumerate(hues):
+            line = part if h is None else part[part[hue] == h]
+            pos = [xs.index(str(v)) + (k - (len(hues) - 1) / 2) * 0.06 for v in line[x]]
+            ax.errorbar(pos, line["mean"] * s, yerr=[(line["mean"] - line["ci_low"]) * s,
+                                                     (line["ci_high"] - line["mean"]) * s],
+                        marker="o", capsize=3, color=colors[h], label=None if h is None else str(h))
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set(xlabel=x, title="" if panel is None else f"{col} = {panel}")
+    axes[0][0].set_ylabel(metric_label(metric) + (" (%, 95% CI)" if is_fraction(metric) else " (95% CI)"))
+    if hue:
+        axes[0][-1].legend(title=hue, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from .config import PROFILES
+from .evaluation import is_fraction
 from .parameters import DERIVED, notebook_config, notebook_path, overrides_by_notebook, read_yaml_mapping
 from .paths import display_path, project_path
 
@@ -315,34 +316,20 @@ def report_rows(cfg: SweepConfig, long: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_report(cfg: SweepConfig, rows: pd.DataFrame):
-    """The report's metric against ``x`` (a line per ``hue``, a panel per ``col``) with the runs' 95% CIs."""
-    import matplotlib.pyplot as plt
+    """The report's metric against ``x`` (a line per ``hue``, a panel per ``col``) with the runs' 95% CIs; rows
+    that do not name one point per ``x``/``hue``/``col`` are an error saying which columns still vary."""
+    from .plotting import plot_sweep
 
     rep = cfg.report
     x = rep.x or cfg.swept()[0]
     keys = [k for k in (x, rep.hue, rep.col) if k]
     dup = rows.duplicated(keys)
     if dup.any():
-        varying = [c for c in rows.columns if c not in (*keys, *STATS) and rows.loc[dup, c].nunique() > 0
-                   and rows[c].nunique() > 1]
+        varying = [c for c in rows.columns if c not in (*keys, *STATS) and rows[c].nunique() > 1]
         raise ValueError(f"{cfg.source}: several summary rows per {keys} for {rep.metric}; they differ in "
                          f"{varying}: narrow report.where or set report.hue/col")
-    panels = list(dict.fromkeys(rows[rep.col])) if rep.col else [None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False, sharey=True)
-    for ax, panel in zip(axes[0], panels):
-        part = rows if panel is None else rows[rows[rep.col] == panel]
-        for hue, line in (part.groupby(rep.hue, sort=False) if rep.hue else [(None, part)]):
-            xs = [str(v) for v in line[x]]
-            ax.errorbar(xs, line["mean"], yerr=[line["mean"] - line["ci_low"], line["ci_high"] - line["mean"]],
-                        marker="o", capsize=3, label=None if hue is None else str(hue))
-        ax.set_xlabel(x)
-        ax.set_title("" if panel is None else f"{rep.col} = {panel}")
-        if rep.hue:
-            ax.legend(title=rep.hue, fontsize=8)
-    axes[0][0].set_ylabel(f"{rep.metric} (mean, 95% CI)")
-    fig.suptitle(f"{cfg.name}: {rep.metric}" + (f" where {rep.where}" if rep.where else ""), fontsize=10)
-    fig.tight_layout()
-    return fig
+    return plot_sweep(rows, rep.metric, x, rep.hue, rep.col,
+                      title=f"{cfg.name}: {rep.metric}" + (f" where {rep.where}" if rep.where else ""))
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -362,7 +349,7 @@ def aggregate(cfg: SweepConfig, runs: pd.DataFrame) -> dict[str, Path]:
     long.to_csv(out["summary"], index=False)
     rows = report_rows(cfg, long) if len(long) else long
     shown = rows.assign(**{c: (rows[c] * 100).round(1) for c in ("mean", "ci_low", "ci_high")}) \
-        if cfg.report.metric.endswith("/acc") else rows.round({"mean": 4, "ci_low": 4, "ci_high": 4})
+        if is_fraction(cfg.report.metric) else rows.round({"mean": 4, "ci_low": 4, "ci_high": 4})
     text = [f"# Sweep `{cfg.name}` ({cfg.profile} profile)", "",
             f"Notebooks: {', '.join(cfg.notebooks)}. Fixed: `{json.dumps(cfg.fixed)}`.", "", "## Runs", "",
             _markdown(runs), "", f"## {cfg.report.metric}" + (f" where `{json.dumps(cfg.report.where)}`"
