@@ -218,7 +218,8 @@ def norm_summary(norms: pd.DataFrame, by: Sequence[str] = ("group", "task")) -> 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _word(ci_low: float, ci_high: float) -> str:
+def interval_word(ci_low: float, ci_high: float) -> str:
+    """A finding's word for one 95% interval of a difference: above 0, below 0, or containing it."""
     return "holds" if ci_low > 0 else "does not hold" if ci_high < 0 else "inconclusive"
 
 
@@ -263,7 +264,7 @@ def verdict(diffs: pd.DataFrame, task: str, metric: str = "edit/acc", method: st
         part = part[part["method"] == method]
     if not len(part):
         return {"verdict": "not measured", "seeds": 0, "text": "not measured"}
-    words = [_word(r.ci_low, r.ci_high) for r in part.itertuples()]
+    words = [interval_word(r.ci_low, r.ci_high) for r in part.itertuples()]
     word = words[0] if len(set(words)) == 1 else "inconclusive"
     per_seed = "; ".join(f"seed {r.seed}: {r.diff * 100:+.1f} [{r.ci_low * 100:+.1f}, {r.ci_high * 100:+.1f}] "
                          f"(n={r.n})" for r in part.itertuples())

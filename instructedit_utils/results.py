@@ -67,8 +67,14 @@ def read_cases(cfg: ExperimentConfig, notebook: str, setting: str, names: Sequen
     return [row for name in names for row in run.read_cases(f"cases_{name}")]
 
 
+#: the words of :func:`instructedit_utils.mixtures.verdict` as this page's verdicts
+FROM_FINDING = {"holds": REPRODUCED, "does not hold": REVERSED, "inconclusive": UNRESOLVED}
+
+
 def _word(low: float, high: float) -> str:
-    return REPRODUCED if low > 0 else REVERSED if high < 0 else UNRESOLVED
+    from .mixtures import interval_word
+
+    return FROM_FINDING[interval_word(low, high)]
 
 
 def _points(d) -> str:
@@ -171,7 +177,7 @@ def _mixture_claim(cfg: ExperimentConfig, key: str, text: str, file: str, method
     if diffs is None:
         return Claim(key, text, "Fig. 4c-d", "06_task_scaling_and_balance", MISSING, "chapter 6 wrote no numbers")
     v = mixture_verdict(diffs, holdout, "edit/acc", method=method)
-    word = {"holds": REPRODUCED, "does not hold": REVERSED, "inconclusive": UNRESOLVED}.get(v["verdict"], MISSING)
+    word = FROM_FINDING.get(v["verdict"], MISSING)
     return Claim(key, text, "Fig. 4c-d", "06_task_scaling_and_balance", word, f"{holdout} Reliability, {v['text']}")
 
 
