@@ -1,4 +1,4 @@
-"""Benchmark of editing-area collection (chapter 5): vectors per second, batched vs one edit at a time, and peak memory.
+"""Benchmark of editing-area collection (chapter 6): vectors per second, batched vs one edit at a time, and peak memory.
 
 * ``plain loop``: one edit at a time with plain forward passes of the whole model (no split forward, no
   instruction-header cache) — how a straightforward loop computes it (EasyEdit-style, as in ``bench_evaluation``);
@@ -12,7 +12,7 @@ Every way then takes the sketch and the norms of the transformed factors.
 Both give the same vectors (checked: largest relative difference of norms and sketches). For each ``--ranks`` value
 an editor of that rank is built for the model (``--editor DIR`` uses a trained one instead) with its normalisation
 statistics filled from a few edits. Then, with ``--rss-editors`` editors (different seeds) and ``--rss-records``
-records per task, the full collection into a temporary run folder as chapter 5 does it (the editors share one runner,
+records per task, the full collection into a temporary run folder as chapter 6 does it (the editors share one runner,
 so the lower blocks run once per prompt for all of them), and the process's peak RSS (targets: ≥ 3× the loop at the
 same thread count; peak RSS ≤ 1.5 GB for 4 tasks × 200 records × 3 editors). Not a test::
 
@@ -99,7 +99,7 @@ def _speed(editor, model, tok, requests, args) -> dict:
 
 
 def _collection(model, tok, requests, warm, layers, args) -> dict:
-    """The full collection as chapter 5 runs it: ``--rss-editors`` editors sharing one runner (the lower blocks run
+    """The full collection as chapter 6 runs it: ``--rss-editors`` editors sharing one runner (the lower blocks run
     once per prompt for all of them), written to a temporary run folder."""
     from instructedit_utils import baselines
     from instructedit_utils.forward import SplitForward

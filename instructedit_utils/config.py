@@ -3,7 +3,8 @@
 * :class:`ModelConfig` — which model, where, which layers are edited.
 * :class:`ExperimentConfig` — data, sampling, evaluation settings and the run folder.
 * :class:`MethodConfig` — the editor and its training; :class:`GradientConfig` — editing-gradient analysis;
-  :class:`MixtureConfig` — chapter 6's training mixtures (task scaling and data balance).
+  :class:`MixtureConfig` — chapter 7's training mixtures (task scaling and data balance); :class:`SearchConfig` —
+  chapter 5's instruction search (generate, filter, score with a trial editor, keep the best).
 
 Notebooks build these from their ``parameters`` cell; :meth:`ExperimentConfig.to_dict` is what lands in
 ``params.json`` of the run folder.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .data import TASKS, task_spec
-from .instructions import read_descriptions
+from .instructions import load_pool, read_descriptions
 from .paths import display_path, project_path
 from .models import MODEL_PRESETS
 
@@ -67,8 +68,9 @@ class ExperimentConfig:
     live_edits: int = 3  # example edits shown before/after in the training chapter
     workers: int | None = 1  # processes working at once (editors trained, methods evaluated); None: one per core
     method: "MethodConfig | None" = None  # the editor and its training (notebooks that train/use editors)
-    gradients: "GradientConfig | None" = None  # editing-gradient collection and analysis (chapter 5)
-    mixtures: "MixtureConfig | None" = None  # chapter 6's training mixtures, trained in chapter 2's pool
+    gradients: "GradientConfig | None" = None  # editing-gradient collection and analysis (chapter 6)
+    mixtures: "MixtureConfig | None" = None  # chapter 7's training mixtures, trained in chapter 2's pool
+    search: "SearchConfig | None" = None  # chapter 5's instruction search
     # --- evaluation settings (notebooks 03/04, instructedit-eval) ---
     editors_dir: str | None = None  # trained editors (default: the sibling run folder 02_editor_training)
     methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base", ft-l/calinet/grace or editor folders
@@ -76,6 +78,7 @@ class ExperimentConfig:
     holdout_tasks: tuple[str, ...] = ("zsre",)  # tasks no editor was trained on
     holdout_split: str = "all"  # split hold-out tasks are sampled from (no multi-task editor saw any of it)
     descriptions_file: str | None = None  # external descriptions to test (unseen-instruction setting)
+    instructions_file: str | None = None  # the instruction pool requests draw descriptions from (None: the package's)
     single_task_steps: int | None = None  # steps of each single-task editor (None: the multi-task budget)
     transfer_instructions: bool = False  # single-task editors with instructions (InstructEdit) or without (MEND)
 
@@ -89,6 +92,8 @@ class ExperimentConfig:
             self.gradients = GradientConfig(**self.gradients)
         if isinstance(self.mixtures, dict):
             self.mixtures = MixtureConfig(**self.mixtures)
+        if isinstance(self.search, dict):
+            self.search = SearchConfig(**self.search)
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         self.tasks = tuple(self.tasks)
@@ -123,6 +128,11 @@ class ExperimentConfig:
             make_config(CONFIGS[name], options, name)
         if self.descriptions_file is not None:
             self.descriptions()  # validated now, before any model loads
+        if self.instructions_file is not None:
+            self.instructions_file = str(project_path(self.instructions_file))
+            self.pool()  # validated now
+            if self.method is not None and self.method.instructions_file is None:  # editors train on it too
+                self.method = dataclasses.replace(self.method, instructions_file=self.instructions_file)
         if self.single_task_steps is not None and self.single_task_steps < 1:
             raise ValueError("single_task_steps must be >= 1 or None")
         if self.mixtures is not None:
@@ -143,6 +153,10 @@ class ExperimentConfig:
     def splits(self, tasks: Sequence[str]) -> dict[str, str]:
         return {task: self.split_of(task) for task in tasks}
 
+    def pool(self):
+        """The instruction pool of :attr:`instructions_file` (None: the package's)."""
+        return load_pool(self.instructions_file)
+
     def descriptions(self) -> dict[str, list[str]]:
         """The external descriptions of :attr:`descriptions_file` per task (training + hold-out), validated."""
         if self.descriptions_file is None:
@@ -155,8 +169,8 @@ class ExperimentConfig:
         """Build from a notebook's flat ``parameters`` cell: ``model_name``/``device``/``dtype``/``num_threads``/
         ``edit_layers`` go to :class:`ModelConfig`; names of :class:`MethodConfig` fields (and ``train_tasks`` for
         its ``tasks``) go to a :class:`MethodConfig` seeded with ``seed``; names of :class:`GradientConfig` fields
-        to a :class:`GradientConfig`, of :class:`MixtureConfig` fields to a :class:`MixtureConfig`; the rest to this
-        class. Without ``tasks``,
+        to a :class:`GradientConfig`, of :class:`MixtureConfig` fields to a :class:`MixtureConfig`, of
+        :class:`SearchConfig` fields to a :class:`SearchConfig`; the rest to this class. Without ``tasks``,
         the tasks evaluated are the training tasks. Unknown names are an error."""
         own = {f.name for f in dataclasses.fields(cls)}
         method_names = {f.name for f in dataclasses.fields(MethodConfig)} - own - {"name"}
@@ -165,6 +179,8 @@ class ExperimentConfig:
         gradient_fields = {k: fields.pop(k) for k in list(fields) if k in gradient_names}
         mixture_names = {f.name for f in dataclasses.fields(MixtureConfig)} - own
         mixture_fields = {k: fields.pop(k) for k in list(fields) if k in mixture_names}
+        search_names = {f.name for f in dataclasses.fields(SearchConfig)} - own
+        search_fields = {k: fields.pop(k) for k in list(fields) if k in search_names}
         if "train_tasks" in fields:
             method_fields["tasks"] = fields.pop("train_tasks")
             fields.setdefault("tasks", method_fields["tasks"])
@@ -179,6 +195,8 @@ class ExperimentConfig:
             fields["gradients"] = GradientConfig(**gradient_fields)
         if mixture_fields:
             fields["mixtures"] = MixtureConfig(**mixture_fields)
+        if search_fields:
+            fields["search"] = SearchConfig(**search_fields)
         return cls(model=model, **fields)
 
     def editor_configs(self) -> dict[str, "MethodConfig"]:
@@ -209,7 +227,7 @@ class ExperimentConfig:
     def training_configs(self) -> dict[str, "MethodConfig"]:
         """Every editor chapter 2 trains, in one pool of workers: the multi-task editors (:meth:`editor_configs`),
         the single-task editors of Table 1 (:meth:`single_task_configs`, instructions as
-        :attr:`transfer_instructions`), which chapters 4 and 5 load, and, with :attr:`mixtures`, chapter 6's
+        :attr:`transfer_instructions`), which chapters 4 and 6 load, and, with :attr:`mixtures`, chapter 7's
         mixture editors that no other editor already gives (:func:`instructedit_utils.mixtures.plan`)."""
         base = {**self.editor_configs(), **self.single_task_configs(self.transfer_instructions)}
         if self.mixtures is None:
@@ -244,7 +262,7 @@ class ExperimentConfig:
 
 @dataclass
 class GradientConfig:
-    """How editing gradients ("editing areas", chapter 5) are collected and analysed.
+    """How editing gradients ("editing areas", chapter 6) are collected and analysed.
 
     Each edit's transformed gradient ``G̃ = Σ_t δ̃_t ũ_tᵀ`` of an edited matrix is stored as a seeded random sketch of
     ``sketch_dim`` numbers (entries of ``G̃`` rotated on both sides by random signs and a Walsh–Hadamard transform, at
@@ -283,7 +301,7 @@ PAPER_TRAIN_SIZES = {"recent": 570, "counterfact": 1455, "convsent": 14390}
 
 @dataclass
 class MixtureConfig:
-    """Chapter 6's training mixtures (paper Fig. 4b-d): which editors are trained to test task scaling and balance.
+    """Chapter 7's training mixtures (paper Fig. 4b-d): which editors are trained to test task scaling and balance.
 
     * **Task scaling**: InstructEdit and MEND editors trained on the first 1, 2, ... tasks of :attr:`scaling_order`
       (uniform task weights), one per seed of :attr:`scaling_seeds`.
@@ -336,17 +354,17 @@ class MixtureConfig:
                 raise ValueError(f"No paper training-set size for {missing}: give dominant_weights")
 
 
-PATH_FIELDS = ("run_dir", "data_dir", "editors_dir", "descriptions_file")
+PATH_FIELDS = ("run_dir", "data_dir", "editors_dir", "descriptions_file", "instructions_file")
 
 
-def config_table(config: "ExperimentConfig | MethodConfig") -> "pd.DataFrame":
+def config_table(config: "ExperimentConfig | MethodConfig | SearchConfig") -> "pd.DataFrame":
     """A configuration as a two-column table for the book (nested fields as ``model/name``; paths as
     :func:`~instructedit_utils.paths.display_path` shows them; the editor config of an experiment left out)."""
     import pandas as pd
 
     rows = []
     for key, value in config.to_dict().items():
-        if key in ("method", "gradients", "mixtures"):
+        if key in ("method", "gradients", "mixtures", "search"):
             continue
         if isinstance(value, dict) and key == "model":
             rows += [(f"model/{k}", v) for k, v in value.items()]
@@ -399,6 +417,8 @@ class MethodConfig:
     # steps at which the best editor so far is also kept as ``<name>@<step>`` beside the run: the editor a run with
     # that budget would have given (the schedule does not depend on ``steps``); multiples of val_every
     keep_best_at: tuple[int, ...] = ()
+    instructions_file: str | None = None  # instruction pool of the training/validation requests (None: the package's)
+    init_editor: str | None = None  # a trained editor's folder to start from (fine-tuning; None: a fresh editor)
     loc_probes: int = 1  # locality sequences per edit in the loss
     sentiment_responses: int = 2  # ConvSent: responses per sentiment in the likelihood/unlikelihood loss
     max_target_tokens: int = 24  # ConvSent responses are cut to this many tokens in the training loss
@@ -454,6 +474,8 @@ class MethodConfig:
                                  f"(a multiple of val_every={self.val_every})")
         if self.ke_hidden < 1 or self.kl_margin < 0 or self.lagrange_lr < 0:
             raise ValueError("ke_hidden must be >= 1, kl_margin and lagrange_lr >= 0")
+        if self.instructions_file is not None:
+            load_pool(self.instructions_file)  # a missing or malformed pool is an error now, before training
 
     def can_keep_best_at(self, step: int) -> bool:
         """Whether a run of this config can keep its best editor at ``step`` (``keep_best_at``): a validation step
@@ -476,3 +498,86 @@ class MethodConfig:
         if unknown:
             raise TypeError(f"Unknown method parameter(s): {sorted(unknown)}")
         return cls(**raw)
+
+
+GENERATORS = ("local", "endpoint")
+SEARCH_METRICS = ("edit/acc", "gen/acc", "loc/acc", "port/acc", "sentiment/success")
+
+
+@dataclass
+class SearchConfig:
+    """Chapter 5's instruction search (paper Fig. 2): a generator proposes descriptions, filters reject some with a
+    reason, a trial editor scores the rest on a fixed validation sample, the best ``pool_size`` per task form the
+    pool; rounds stop when the pool's score stops improving. See :mod:`instructedit_utils.instruction_search`.
+
+    The endpoint's base URL and model may also come from ``$INSTRUCTEDIT_LLM_BASE_URL`` and
+    ``$INSTRUCTEDIT_LLM_MODEL``; its key only from ``$INSTRUCTEDIT_LLM_API_KEY`` (or ``$OPENAI_API_KEY``), so that
+    it never lands in a run folder.
+    """
+
+    search_tasks: tuple[str, ...] = ("counterfact", "recent", "convsent")  # tasks whose descriptions are searched
+    generator: str = "local"  # "local": the embedded chat model; "endpoint": an OpenAI-compatible chat endpoint
+    generator_model: str | None = None  # local: a model preset (None: the experiment's); endpoint: its model name
+    endpoint_url: str | None = None  # base URL, e.g. http://127.0.0.1:8000/v1 (None: $INSTRUCTEDIT_LLM_BASE_URL)
+    endpoint_timeout: float = 60.0  # seconds per request
+    endpoint_retries: int = 4  # further tries after a timeout, a refused connection, HTTP 429 or 5xx
+    endpoint_backoff: float = 2.0  # seconds before the first retry, doubled each time (or the server's Retry-After)
+    samples_per_round: int = 6  # generator replies per task and round (a reply may hold several descriptions)
+    gen_max_new_tokens: int = 48
+    temperature: float = 0.9
+    top_p: float = 0.95
+    example_records: int = 2  # training records shown in the prompt
+    feedback: int = 3  # best and worst scored descriptions shown in the prompt (each)
+    min_words: int = 6
+    max_words: int = 40
+    max_similarity: float = 0.6  # word-bigram Jaccard similarity above which a candidate is a near-duplicate
+    leak_ngram: int = 5  # a run of this many words shared with one test record is a leak
+    val_records: int = 8  # validation records per task each candidate edits
+    score_weights: dict[str, float] | None = None  # metric -> weight of the score (None: Rel, Gen, Loc equally)
+    pool_size: int = 9  # seen descriptions kept per task (the hand-written held-out one stays last)
+    max_rounds: int = 3  # generation rounds after round 0 (the hand-written pool scored)
+    search_patience: int = 1  # rounds without improvement before stopping
+    min_delta: float = 0.005  # improvement of the stopping statistic that counts
+    stop_on: str = "mean"  # the statistic: the pool's "mean" score or its "best" description's, averaged over tasks
+    finetune_steps: int = 0  # > 0: fine-tune the trial editor on the chosen pool for that many steps
+
+    def __post_init__(self):
+        self.search_tasks = tuple(self.search_tasks)
+        if not self.search_tasks or len(set(self.search_tasks)) != len(self.search_tasks):
+            raise ValueError(f"SearchConfig.search_tasks must name distinct tasks, got {self.search_tasks}")
+        for task in self.search_tasks:
+            if "val" not in task_spec(task).splits:
+                raise ValueError(f"SearchConfig.search_tasks: {task!r} has no val split to score candidates on")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"SearchConfig.generator must be one of {GENERATORS}, got {self.generator!r}")
+        for name in ("samples_per_round", "gen_max_new_tokens", "example_records", "min_words", "leak_ngram",
+                     "val_records", "pool_size", "max_rounds", "search_patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SearchConfig.{name} must be >= 1")
+        for name in ("feedback", "endpoint_retries", "finetune_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SearchConfig.{name} must be >= 0")
+        if self.max_words < self.min_words:
+            raise ValueError(f"SearchConfig.max_words ({self.max_words}) < min_words ({self.min_words})")
+        if not 0 < self.max_similarity <= 1:
+            raise ValueError("SearchConfig.max_similarity must be in (0, 1]")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError("SearchConfig.temperature must be > 0 and top_p in (0, 1]")
+        if not (self.endpoint_timeout > 0 and self.endpoint_backoff >= 0 and self.min_delta >= 0):
+            raise ValueError("SearchConfig.endpoint_timeout must be > 0, endpoint_backoff and min_delta >= 0")
+        if self.stop_on not in ("mean", "best"):
+            raise ValueError(f"SearchConfig.stop_on must be 'mean' or 'best', got {self.stop_on!r}")
+        weights = self.weights()
+        unknown = set(weights) - set(SEARCH_METRICS)
+        if unknown or any(not w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"SearchConfig.score_weights must map metrics of {SEARCH_METRICS} to weights >= 0, "
+                             f"not all 0; got {weights}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def weights(self) -> dict[str, float]:
+        """The score's weights, summing to 1."""
+        raw = {str(k): float(v) for k, v in (self.score_weights or {"edit/acc": 1, "gen/acc": 1, "loc/acc": 1}).items()}
+        total = sum(raw.values())
+        return {k: v / total for k, v in raw.items()} if total > 0 else raw

@@ -47,10 +47,11 @@ METRIC_LABELS = {
     "sentiment/success": "Sentiment success",
     "loc/gold_acc": "Loc. answer acc.",
     "sentiment/margin": "Sentiment margin",
+    "search/score": "Search score",
 }
 # Metrics that are shares in [0, 1] (shown in percent); the others (entropy in bits, log-prob margin) are raw.
 FRACTION_METRICS = ("edit/acc", "gen/acc", "loc/acc", "port/acc", "sentiment/success", "loc/gold_acc",
-                    "fluency/empty")
+                    "fluency/empty", "search/score")
 
 
 def metric_label(metric: str) -> str:
@@ -430,6 +431,22 @@ def paired_difference(cases: Sequence[dict[str, Any]], metric: str, column: str,
         rows.append({**dict(zip(by, keys)), "metric": metric, "a": a, "b": b, "diff": mean, "ci_low": lo,
                      "ci_high": hi, "n": len(group)})
     return pd.DataFrame(rows)
+
+
+def difference_table(diffs: pd.DataFrame, index: str = "task", columns: str = "metric", digits: int = 1
+                     ) -> pd.DataFrame:
+    """Paired differences (:func:`paired_difference` rows) as ``diff [ci_low, ci_high]`` cells (points for shares),
+    rows ``index``, columns the metrics' labels."""
+    def cell(row) -> str:
+        s = 100.0 if is_fraction(row["metric"]) else 1.0
+        return f"{row['diff'] * s:+.{digits}f} [{row['ci_low'] * s:+.{digits}f}, {row['ci_high'] * s:+.{digits}f}]"
+
+    tab = diffs.assign(cell=diffs.apply(cell, axis=1), label=diffs[columns].map(metric_label)
+                       if columns == "metric" else diffs[columns])
+    order = list(dict.fromkeys(tab["label"]))
+    rows = list(dict.fromkeys(tab[index]))
+    out = tab.pivot(index=index, columns="label", values="cell").reindex(index=rows, columns=order).fillna("—")
+    return out.rename_axis(columns=None)
 
 
 def wide_table(summary: pd.DataFrame, index: str = "task", scale: float = 100.0, digits: int = 1) -> pd.DataFrame:

@@ -9,8 +9,8 @@ setting        what is evaluated
                descriptions) on all four tasks (Fig. 3)
 ``transfer``   single-task editors trained on task A, tested on task B (Table 1's decay matrix)
 ``gradients``  the editing areas (editing gradients) of the multi-task editors on all tasks and of each single-task
-               editor on its own task, stored for chapter 5's analysis (Fig. 4a, :mod:`~instructedit_utils.gradients`)
-``mixtures``   chapter 6's task-scaling and balance editors on all four tasks, and their editing areas (Fig. 4b-d,
+               editor on its own task, stored for chapter 6's analysis (Fig. 4a, :mod:`~instructedit_utils.gradients`)
+``mixtures``   chapter 7's task-scaling and balance editors on all four tasks, and their editing areas (Fig. 4b-d,
                :mod:`~instructedit_utils.mixtures`)
 =============  ========================================================================================================
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 SETTINGS = ("multitask", "holdout", "unseen", "transfer", "gradients", "mixtures")
 NOTEBOOKS = {"multitask": "03_multitask_and_holdout", "holdout": "03_multitask_and_holdout",
              "unseen": "04_unseen_instructions", "transfer": "04_unseen_instructions",
-             "gradients": "05_gradient_analysis", "mixtures": "06_task_scaling_and_balance"}
+             "gradients": "06_gradient_analysis", "mixtures": "07_task_scaling_and_balance"}
 TRANSFER_NOTEBOOK = "04_unseen_instructions"
 SINGLE_TASK_GROUP = "single-task MEND"
 EDITORS_NOTEBOOK = "02_editor_training"
@@ -89,21 +89,38 @@ def _requests(cfg: ExperimentConfig, method: EditingMethod, tasks: Sequence[str]
     described = description if method.use_instructions else None
     return described, task_requests(tasks, cfg.splits(tasks), cfg.sample_per_task, seed=cfg.seed,
                                     instructions=method.use_instructions, data_dir=cfg.data_dir,
-                                    instruct_locality=cfg.instruct_locality, description=described)
+                                    instruct_locality=cfg.instruct_locality, description=described,
+                                    pool=cfg.pool())
+
+
+@dataclass(frozen=True)
+class Job:
+    """One method evaluated on some tasks in one condition: a case file of a setting's folder."""
+
+    cfg: ExperimentConfig
+    name: str
+    tasks: tuple[str, ...]
+    condition: str | None = None
+    description: int | str | None = None
+
+    @property
+    def file(self) -> str:
+        return f"cases_{self.name}" + (f"_{self.condition}" if self.condition else "")
 
 
 def evaluate_setting(cfg: ExperimentConfig, setting: str, methods: Mapping[str, EditingMethod], model, tokenizer,
                      tasks: Sequence[str], *, condition: str | None = None, description: int | str | None = None,
                      progress: Callable | None = None, parallel: bool = False) -> list[dict[str, Any]]:
     """Evaluate every method (resumable case files). With ``parallel``, methods of ``cfg.methods`` with unfinished
-    cases are first evaluated in worker processes (:func:`_evaluate_in_workers`); here they are then read back."""
+    cases are first evaluated in worker processes (:func:`evaluate_in_workers`); here they are then read back."""
     folder = RunFolder(Path(cfg.run_dir) / setting)
     if parallel:
-        _evaluate_in_workers(cfg, setting, methods, tasks, condition, description)
+        evaluate_in_workers(setting, [Job(cfg, name, tuple(tasks), condition, description) for name in methods
+                                      if name in cfg.methods], methods)
     out = []
     for name, method in methods.items():
         described, requests = _requests(cfg, method, tasks, description)
-        file = f"cases_{name}" + (f"_{condition}" if condition else "")
+        file = Job(cfg, name, tuple(tasks), condition).file
         settings = cfg.case_settings(tasks, instructions=method.use_instructions, description=described)
         cases = evaluate_method(method, model, tokenizer, requests, run=folder, name=file, progress=progress,
                                 settings=settings, **cfg.score_kwargs())
@@ -111,48 +128,55 @@ def evaluate_setting(cfg: ExperimentConfig, setting: str, methods: Mapping[str, 
     return out
 
 
-def _evaluate_in_workers(cfg: ExperimentConfig, setting: str, methods: Mapping[str, EditingMethod],
-                         tasks: Sequence[str], condition: str | None, description) -> None:
-    """Evaluate the methods with unfinished cases side by side: one job per method, ``cfg.n_workers()`` spawned
-    processes with ``num_threads // workers`` threads each (never oversubscribed), each loading the model and
-    building the method from ``cfg`` by name (so only names of ``cfg.methods`` go to workers). Every case is computed
-    exactly as in this process; the case files are per method, so workers never write the same file."""
+def evaluate_in_workers(setting: str, jobs: Sequence[Job], methods: Mapping[str, EditingMethod]) -> None:
+    """Evaluate the jobs with unfinished cases side by side: ``n_workers()`` spawned processes (of the first job's
+    config) with ``num_threads // workers`` threads each (never oversubscribed), each loading the model once and
+    building its jobs' methods from their config by name (so only names of ``cfg.methods`` may be jobs). Every case
+    is computed exactly as in this process; each job has its own case file, so workers never write the same file;
+    pending jobs go to whichever worker is free. ``methods``: the methods as built here (which requests a job has)."""
     from .training import worker_threads
 
-    candidates = [name for name in methods if name in cfg.methods]
-    if cfg.n_workers() < 2 or len(candidates) < 2:
+    if not jobs or jobs[0].cfg.n_workers() < 2:
         return
-    folder = RunFolder(Path(cfg.run_dir) / setting)
-    pending = []
-    for name, method in methods.items():
-        file = f"cases_{name}" + (f"_{condition}" if condition else "")
-        if name in candidates and {r.case_id for r in _requests(cfg, method, tasks, description)[1]} - \
-                folder.done_ids(file):
-            pending.append(name)
-    workers = min(cfg.n_workers(), len(pending))
+    pending = [job for job in jobs
+               if {r.case_id for r in _requests(job.cfg, methods[job.name], job.tasks, job.description)[1]}
+               - RunFolder(Path(job.cfg.run_dir) / setting).done_ids(job.file)]
+    workers = min(jobs[0].cfg.n_workers(), len(pending))
     if workers < 2:
         return
+    for job in pending:
+        if job.name not in job.cfg.methods:
+            raise ValueError(f"A worker builds methods by name from cfg.methods; {job.name!r} is not among them")
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = worker_threads(cfg.model.num_threads, workers)
+    threads = worker_threads(jobs[0].cfg.model.num_threads, workers)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_evaluate_worker, cfg, setting, name, tuple(tasks), condition, description, threads)
-                for name in pending]
-        for job in jobs:
-            job.result()
+        for future in [pool.submit(_evaluate_worker, setting, job, threads) for job in pending]:
+            future.result()
 
 
-def _evaluate_worker(cfg: ExperimentConfig, setting: str, name: str, tasks: tuple[str, ...], condition, description,
-                     threads: int) -> None:
+_WORKER_CACHE: dict[tuple, Any] = {}  # in a worker process: the model (and methods) its earlier jobs loaded
+
+
+def _evaluate_worker(setting: str, job: Job, threads: int) -> None:
     from . import setup_torch
     from .models import load_model
 
-    setup_torch(threads, cfg.seed)
-    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
-    model.requires_grad_(False)
-    evaluate_setting(cfg, setting, load_methods(cfg, model, tokenizer, [name]), model, tokenizer, tasks,
-                     condition=condition, description=description)
+    cfg = job.cfg
+    model_key = (cfg.model.name, cfg.model.device, cfg.model.dtype)
+    if model_key not in _WORKER_CACHE:
+        _WORKER_CACHE.clear()
+        setup_torch(threads, cfg.seed)
+        model, tokenizer = load_model(*model_key)
+        model.requires_grad_(False)
+        _WORKER_CACHE[model_key] = (model, tokenizer)
+    model, tokenizer = _WORKER_CACHE[model_key]
+    method_key = (model_key, str(editors_dir(cfg)), job.name)
+    if method_key not in _WORKER_CACHE:
+        _WORKER_CACHE[method_key] = load_methods(cfg, model, tokenizer, [job.name])[job.name]
+    evaluate_setting(cfg, setting, {job.name: _WORKER_CACHE[method_key]}, model, tokenizer, job.tasks,
+                     condition=job.condition, description=job.description)
 
 
 def _summary(cfg: ExperimentConfig, setting: str, cases: list[dict[str, Any]], by: Sequence[str]) -> pd.DataFrame:
@@ -240,7 +264,7 @@ def transfer(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Edit
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Editing gradients (chapter 5)
+# Editing gradients (chapter 6)
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -256,7 +280,7 @@ class GradientEditor:
 
 
 def gradient_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, GradientEditor]:
-    """The editors of chapter 5: each of ``cfg.methods`` on every task (training + hold-out) and, with
+    """The editors of chapter 6: each of ``cfg.methods`` on every task (training + hold-out) and, with
     ``cfg.gradients.single_task``, each single-task editor on the task it was trained on."""
     if "base" in cfg.methods:
         raise ValueError("methods: 'base' makes no edit, so it has no editing gradient; name trained editors")
@@ -353,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("setting", choices=SETTINGS)
-    add_arguments(parser, "the setting's notebook (03 for multitask/holdout, 04 for unseen/transfer, 05 for gradients, "
-                          "06 for mixtures)")
+    add_arguments(parser, "the setting's notebook (03 for multitask/holdout, 04 for unseen/transfer, 06 for gradients, "
+                          "07 for mixtures)")
     parser.add_argument("--descriptions", help="external descriptions file (unseen setting; = -p descriptions_file=…)")
     return parser
 

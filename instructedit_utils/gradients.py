@@ -17,7 +17,7 @@ thousands of them do not fit anywhere. We keep two things per edit and matrix:
   ``O(d log d)``. The rotations keep the Frobenius inner product and spread every matrix's mass evenly over the
   entries, so ``E[⟨p(G₁), p(G₂)⟩] = ⟨G₁, G₂⟩_F``: inner products, norms and cosines are kept in expectation, with
   errors shrinking like ``1/√k`` (a two-sided subsampled randomised Hadamard transform; ``test_gradients`` checks the
-  stated tolerance, and chapter 5 checks it on real edits against cosines computed exactly from the factors).
+  stated tolerance, and chapter 6 checks it on real edits against cosines computed exactly from the factors).
 
 Memory per stored edit: ``k`` floats per edited matrix (2048 × 4 B × 6 matrices = 48 KB for SmolLM2), independent of
 the model's width; the sketch itself holds two sign vectors and ``k`` index pairs per matrix shape (nothing of size

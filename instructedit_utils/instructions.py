@@ -62,6 +62,20 @@ class InstructionPool:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not an instruction pool file ({exc!r})") from None
 
+    def to_dict(self, comment: str | None = None) -> dict[str, Any]:
+        """The pool in the resource file's format (:meth:`from_file` reads it back)."""
+        head = {"_comment": comment} if comment else {}
+        return {**head, "template": self.template,
+                "tasks": {t: {"name": self.names[t], "descriptions": list(d)} for t, d in self.descriptions.items()}}
+
+    def write(self, path: str | Path, comment: str | None = None) -> Path:
+        """Write the pool as a resource file (atomically: a temporary file, then a rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(comment), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
     def _task(self, task: str) -> tuple[str, ...]:
         try:
             return self.descriptions[task]
@@ -82,6 +96,20 @@ def default_pool() -> InstructionPool:
     """The pool shipped with the package."""
     with resources.as_file(resources.files("instructedit_utils") / "resources" / "instructions.json") as path:
         return InstructionPool.from_file(path)
+
+
+def load_pool(path: str | Path | None = None) -> InstructionPool:
+    """The pool in ``path`` (a file in the resource format, e.g. one written by the instruction search), or the
+    package's pool when ``path`` is None."""
+    if path is None:
+        return default_pool()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No instruction pool file {path}")
+    pool = InstructionPool.from_file(path)
+    for task, descs in pool.descriptions.items():
+        for i, text in enumerate(descs):
+            _check_description(text, task, f"{path}: {task} description {i}")
+    return pool
 
 
 def fill_slots(description: str, record: EditRecord) -> str:
@@ -215,8 +243,9 @@ def _check_description(text: Any, task: str, where: str) -> str:
 
 
 def read_descriptions(path: str | Path, tasks: Sequence[str]) -> dict[str, list[str]]:
-    """External descriptions, validated: JSON ``{task: [description, ...]}`` (tasks among ``tasks``) or a text file
-    with one description per line (used for every task). ``[LABEL]``/``[TOPIC]`` slots are filled per record, so
+    """External descriptions, validated: JSON ``{task: [description, ...]}`` (tasks among ``tasks``), an instruction
+    pool file (:meth:`InstructionPool.write`; its seen descriptions) or a text file with one description per line
+    (used for every task). ``[LABEL]``/``[TOPIC]`` slots are filled per record, so
     they may appear only for tasks whose records have them (ConvSent). Every error names the file and the
     offending key, entry or line."""
     path = Path(path)
@@ -234,6 +263,12 @@ def read_descriptions(path: str | Path, tasks: Sequence[str]) -> dict[str, list[
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object {{task: [description, ...]}}, got "
                              f"{type(raw).__name__}")
+        if "template" in raw and "tasks" in raw:  # an instruction pool (resource format): its seen descriptions
+            pool = load_pool(path)
+            if pool.template != default_pool().template:
+                raise ValueError(f"{path}: an instruction pool with another template; external descriptions are "
+                                 f"tested in the package's template (use the pool as instructions_file instead)")
+            return {t: list(pool.seen(t)) if t in pool.descriptions else [] for t in tasks}
         out: dict[str, list[str]] = {t: [] for t in tasks}
         for key, value in raw.items():
             if key not in tasks:

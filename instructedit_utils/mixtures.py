@@ -1,4 +1,4 @@
-"""Chapter 6: what the training mixture does to an editor (paper Fig. 4b-d, Findings 2 and 3).
+"""Chapter 7: what the training mixture does to an editor (paper Fig. 4b-d, Findings 2 and 3).
 
 Two experiments, both on editors trained in chapter 2's pool of workers (:class:`~instructedit_utils.config.
 MixtureConfig` in its parameters; :meth:`ExperimentConfig.training_configs` adds them there):
@@ -13,7 +13,7 @@ MixtureConfig` in its parameters; :meth:`ExperimentConfig.training_configs` adds
 the chapter already has (e.g. Table 1's ``mend-recent``) is that editor; one that differs from a longer run only in
 its budget is that run's best editor at the budget (``<run>@<steps>``, kept by the trainer, see
 ``MethodConfig.keep_best_at``); the rest are trained under their own names. :func:`evaluate` and :func:`gradients`
-run chapter 6's measurements into its run folder (resumable, in workers); the remaining functions turn them into the
+run chapter 7's measurements into its run folder (resumable, in workers); the remaining functions turn them into the
 chapter's tables and verdicts.
 """
 from __future__ import annotations
@@ -36,12 +36,12 @@ if TYPE_CHECKING:
 
 SCALING, BALANCE = "scaling", "balance"
 UNIFORM, DOMINATED = "uniform", "convsent-dominated"
-SETTING = "mixtures"  # chapter 6's case files: <run_dir>/mixtures/
+SETTING = "mixtures"  # chapter 7's case files: <run_dir>/mixtures/
 
 
 @dataclass(frozen=True)
 class MixtureEditor:
-    """One editor of chapter 6: what it is (experiment, method, training tasks, mixture, seed) and where it is
+    """One editor of chapter 7: what it is (experiment, method, training tasks, mixture, seed) and where it is
     (``folder``, a folder of chapter 2's run folder)."""
 
     label: str
@@ -60,7 +60,7 @@ class MixtureEditor:
 
 @dataclass
 class Plan:
-    """Chapter 6's editors and every config chapter 2 trains to provide them (with the multi-task ones)."""
+    """Chapter 7's editors and every config chapter 2 trains to provide them (with the multi-task ones)."""
 
     editors: list[MixtureEditor]
     train: dict[str, MethodConfig]
@@ -148,7 +148,7 @@ def trained_plan(cfg: ExperimentConfig) -> Plan:
 
     params = editors_dir(cfg) / "params.json"
     if not params.is_file():
-        raise FileNotFoundError(f"No {params}: run notebook {EDITORS_NOTEBOOK} first (it trains chapter 6's "
+        raise FileNotFoundError(f"No {params}: run notebook {EDITORS_NOTEBOOK} first (it trains chapter 7's "
                                 "mixture editors with the others)")
     raw = {k: v for k, v in json.loads(params.read_text()).items() if not k.startswith("_")}  # "_versions" etc.
     trained = ExperimentConfig(**raw)
@@ -186,7 +186,7 @@ def evaluate(cfg: ExperimentConfig, model, tokenizer, the_plan: Plan, progress: 
 def gradients(cfg: ExperimentConfig, model, tokenizer, the_plan: Plan, progress: Callable | None = None
               ) -> dict[str, "Areas"]:
     """Each editor's editing areas on every task (training + hold-out), one group per editor folder, in
-    ``<run_dir>/gradients/<folder>/`` (chapter 5's collection)."""
+    ``<run_dir>/gradients/<folder>/`` (chapter 6's collection)."""
     from .experiments import GradientEditor, gradients as collect, load_methods
 
     run_cfg = _methods_config(cfg, the_plan)

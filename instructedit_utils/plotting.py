@@ -241,3 +241,28 @@ def plot_sweep(rows: pd.DataFrame, metric: str, x: str, hue: str | None = None, 
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_search_rounds(history: pd.DataFrame, rounds: pd.DataFrame, title: str = "") -> plt.Figure:
+    """The instruction search per task: every scored candidate's score by round (hand-written ones at round 0;
+    filled: in the final pool) and the pool's mean score after each round (line)."""
+    sns.set_theme(style="whitegrid")
+    tasks = list(dict.fromkeys(history["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.3), squeeze=False, sharey=True)
+    scored = history[history["status"] == "scored"]
+    for ax, task in zip(axes[0], tasks):
+        part = scored[scored["task"] == task]
+        for chosen, face in ((False, "none"), (True, "C0")):
+            p = part[part["chosen"] == chosen]
+            jitter = (p["index"] % 5 - 2) * 0.04
+            ax.scatter(p["round"] + jitter, p["score"] * 100, facecolors=face, edgecolors="C0", s=22,
+                       label="in the final pool" if chosen else "not chosen")
+        line = rounds[rounds["task"] == task]
+        ax.plot(line["round"], line["pool mean"] * 100, color="C1", marker="s", ms=4, label="pool mean")
+        ax.set_xticks(sorted(set(line["round"])))
+        ax.set(title=task, xlabel="round (0: hand-written)")
+    axes[0][0].set_ylabel("search score (%)")
+    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

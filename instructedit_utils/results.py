@@ -1,7 +1,7 @@
 """The book's results in one place: read the executed chapters' run folders and check the paper's claims.
 
 Nothing here computes an edit or trains an editor: every number comes from the files the chapters wrote
-(``summary.csv``, case files, ``separation.csv``, chapter 6's paired differences) in the run folders next to this
+(``summary.csv``, case files, ``separation.csv``, chapter 7's paired differences) in the run folders next to this
 page's own (``runs/<profile>/<chapter>/``). A chapter that was not run gives *not measured*.
 
 :func:`claims` checks each claim of the paper the book tests and returns a :class:`Claim` with a verdict computed
@@ -28,8 +28,8 @@ CHAPTERS = {
     "02_editor_training": "Chapter 2",
     "03_multitask_and_holdout": "Chapter 3",
     "04_unseen_instructions": "Chapter 4",
-    "05_gradient_analysis": "Chapter 5",
-    "06_task_scaling_and_balance": "Chapter 6",
+    "06_gradient_analysis": "Chapter 6",
+    "07_task_scaling_and_balance": "Chapter 7",
 }
 REPRODUCED, REVERSED, UNRESOLVED, MISSING = "reproduced", "reverse holds", "not resolved", "not measured"
 MIXED = "mixed"  # parts of one claim (e.g. Table 1's editors) disagree
@@ -155,15 +155,15 @@ def claim_separation(cfg: ExperimentConfig) -> Claim:
     """Finding 1: instructions set the tasks' editing areas apart — InstructEdit's silhouette (training tasks)
     against MEND's, with intervals."""
     text = "With instructions, the editing areas of different tasks lie further apart (Finding 1)"
-    sep = read_table(cfg, "05_gradient_analysis", "separation.csv")
+    sep = read_table(cfg, "06_gradient_analysis", "separation.csv")
     if sep is None:
-        return Claim("separation", text, "Fig. 4a", "05_gradient_analysis", MISSING, "chapter 5 wrote no numbers")
+        return Claim("separation", text, "Fig. 4a", "06_gradient_analysis", MISSING, "chapter 6 wrote no numbers")
     part = sep[(sep["metric"] == "silhouette") & (sep["scope"] == "training tasks")].set_index("group")
     if not {"instructedit", "mend"} <= set(part.index):
-        return Claim("separation", text, "Fig. 4a", "05_gradient_analysis", MISSING, "no InstructEdit/MEND pair")
+        return Claim("separation", text, "Fig. 4a", "06_gradient_analysis", MISSING, "no InstructEdit/MEND pair")
     ie, me = part.loc["instructedit"], part.loc["mend"]
     verdict = _word(ie["ci_low"] - me["ci_high"], ie["ci_high"] - me["ci_low"])
-    return Claim("separation", text, "Fig. 4a", "05_gradient_analysis", verdict,
+    return Claim("separation", text, "Fig. 4a", "06_gradient_analysis", verdict,
                  f"silhouette InstructEdit {ie['value']:.3f} [{ie['ci_low']:.3f}, {ie['ci_high']:.3f}] vs MEND "
                  f"{me['value']:.3f} [{me['ci_low']:.3f}, {me['ci_high']:.3f}] (label-shuffled ≤ "
                  f"{max(ie['perm_high'], me['perm_high']):.3f})")
@@ -172,13 +172,13 @@ def claim_separation(cfg: ExperimentConfig) -> Claim:
 def _mixture_claim(cfg: ExperimentConfig, key: str, text: str, file: str, method: str | None) -> Claim:
     from .mixtures import verdict as mixture_verdict
 
-    diffs = read_table(cfg, "06_task_scaling_and_balance", file)
+    diffs = read_table(cfg, "07_task_scaling_and_balance", file)
     holdout = (cfg.holdout_tasks or ("zsre",))[0]
     if diffs is None:
-        return Claim(key, text, "Fig. 4c-d", "06_task_scaling_and_balance", MISSING, "chapter 6 wrote no numbers")
+        return Claim(key, text, "Fig. 4c-d", "07_task_scaling_and_balance", MISSING, "chapter 7 wrote no numbers")
     v = mixture_verdict(diffs, holdout, "edit/acc", method=method)
     word = FROM_FINDING.get(v["verdict"], MISSING)
-    return Claim(key, text, "Fig. 4c-d", "06_task_scaling_and_balance", word, f"{holdout} Reliability, {v['text']}")
+    return Claim(key, text, "Fig. 4c-d", "07_task_scaling_and_balance", word, f"{holdout} Reliability, {v['text']}")
 
 
 def claim_scaling(cfg: ExperimentConfig) -> Claim:

@@ -93,6 +93,15 @@ class RunFolder:
     def read_params(self) -> dict[str, Any]:
         return json.loads((self.path / "params.json").read_text())
 
+    def write_json(self, name: str, payload: Any) -> Path:
+        """``<name>.json`` written atomically (NaN/inf as null)."""
+        path = self.path / f"{name}.json"
+        _atomic_write_text(path, json.dumps(_clean(payload), indent=2, ensure_ascii=False))
+        return path
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / f"{name}.json").read_text(encoding="utf-8"))
+
     def cases_path(self, name: str) -> Path:
         return self.path / f"{name}.jsonl"
 

@@ -49,7 +49,7 @@ from .config import MethodConfig
 from .data import EditRecord, load_task, sample
 from .editor import EDITOR_META, MendEditor, _atomic_json, applied, make_editor, nll
 from .evaluation import build_requests, score_requests
-from .instructions import EditRequest, make_edit_request
+from .instructions import EditRequest, load_pool, make_edit_request
 from .metrics import Encoded, encode_pair
 from .runs import RunFolder, _atomic_write_text, _jsonl
 
@@ -237,7 +237,8 @@ def warm_up_normalization(editor: MendEditor, model, tokenizer, records: dict[st
         rng = random.Random(f"{config.seed}/warmup/{i}")
         task = tasks[i % len(tasks)]
         record = rng.choice(records[task])
-        request = make_edit_request(record, instructions=config.use_instructions, rng=rng)
+        request = make_edit_request(record, instructions=config.use_instructions, rng=rng,
+                                    pool=load_pool(config.instructions_file))
         factors, _ = editor.raw_factors(model, tokenizer, request.prompt, request.target, header=request.header)
         editor.observe(factors)
 
@@ -362,7 +363,8 @@ def validation_requests(config: MethodConfig, data_dir=None) -> list[EditRequest
     out = []
     for task in config.tasks:
         recs = sample(load_task(task, "val", data_dir), config.val_records_per_task, config.seed)
-        out += build_requests(recs, instructions=config.use_instructions, seed=config.seed)
+        out += build_requests(recs, instructions=config.use_instructions, seed=config.seed,
+                              pool=load_pool(config.instructions_file))
     return out
 
 
@@ -376,6 +378,25 @@ def _load_same_config(directory: Path, model, config: MethodConfig, device) -> M
                 if saved.get(k) != requested.get(k)}
         raise ValueError(f"{directory} holds an editor trained with a different config; use another run folder "
                          f"or delete it (saved vs requested: {diff})")
+    editor.config = config
+    return editor
+
+
+#: what an editor's shape depends on: an editor fine-tuned from another (``init_editor``) must agree on these
+ARCHITECTURE = ("method", "rank", "n_blocks", "combine", "normalize", "skip_first_token", "ke_hidden")
+
+
+def _load_initial(model, config: MethodConfig, device) -> MendEditor:
+    """The editor ``config.init_editor`` as the start of a fine-tuning run of ``config`` (same architecture)."""
+    folder = Path(config.init_editor)
+    if not is_trained(folder):
+        raise FileNotFoundError(f"init_editor: no finished editor in {folder}")
+    editor = MendEditor.load(folder, model, device=device)
+    saved = editor.config.to_dict()
+    differ = {k: (saved[k], getattr(config, k)) for k in ARCHITECTURE if saved[k] != getattr(config, k)}
+    if differ:
+        raise ValueError(f"init_editor {folder} has another architecture than {config.name} (saved vs requested: "
+                         f"{differ})")
     editor.config = config
     return editor
 
@@ -422,7 +443,7 @@ def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pa
     run = _Trainer(model, tokenizer, config, directory, accelerator, log, edit_layers, data_dir, train_records,
                    val_requests, score_kwargs)
     if run.state["step"] == 0 and run.state["best"] is None:
-        if config.normalize:
+        if config.normalize and not config.init_editor:  # a fine-tuned editor keeps its statistics
             warm_up_normalization(run.editor, model, tokenizer, run.sampler.records, config)
         run.validate()  # the untrained editor: the starting point of the curves
         run.checkpoint()
@@ -480,9 +501,12 @@ class _Trainer:
         resume = (self.last / STATE_FILE).is_file()
         if resume:
             self.editor = _load_same_config(self.last, model, config, device)
+        elif config.init_editor:
+            self.editor = _load_initial(model, config, device)
         else:
             torch.manual_seed(config.seed)
             self.editor = make_editor(model, config, edit_layers).to(device)
+        self.pool = load_pool(config.instructions_file)
         self.editor.train()
         self.optimizer = torch.optim.Adam([{"params": self.editor.network_parameters(), "lr": config.lr},
                                            {"params": self.editor.step_size_parameters(), "lr": config.lr_lr}],
@@ -563,7 +587,7 @@ class _Trainer:
         for micro in range(self.config.grad_accumulation):
             rng = random.Random(f"{self.config.seed}/{step}/{micro}/{self.accelerator.process_index}")
             record = self.sampler.draw(rng)
-            request = make_edit_request(record, instructions=self.config.use_instructions, rng=rng)
+            request = make_edit_request(record, instructions=self.config.use_instructions, rng=rng, pool=self.pool)
             example = make_example(request, self.tokenizer, rng, self.config)
             loss, values = edit_step(self.editor, self.model, example, self.config, self.tokenizer.pad_token_id)
             if not torch.isfinite(loss):
@@ -718,7 +742,8 @@ def live_edits(model, tokenizer, editors: dict[str, MendEditor], records: Sequen
     rows = []
     for rec in records:
         for name, editor in editors.items():
-            req = make_edit_request(rec, instructions=editor.config.use_instructions, description=description)
+            req = make_edit_request(rec, instructions=editor.config.use_instructions, description=description,
+                                    pool=load_pool(editor.config.instructions_file))
             prompts = [req.prompt] + list(req.rephrases[:1])
             before = generate(model, tokenizer, prompts, max_new_tokens)
             result = editor.edit(model, tokenizer, req.prompt, req.target, header=req.header)

@@ -339,14 +339,15 @@ def test_methods_evaluated_in_worker_processes_equal_one_process(tiny_llama, tmp
 
     model, tok = tiny_llama
     model.requires_grad_(False)
-    original, written = experiments._evaluate_in_workers, {}
+    original, written = experiments.evaluate_in_workers, {}
 
-    def spy(cfg, setting, *args):  # what the workers left in the run folder before this process evaluates
-        original(cfg, setting, *args)
+    def spy(setting, jobs, methods):  # what the workers left in the run folder before this process evaluates
+        original(setting, jobs, methods)
+        cfg = jobs[0].cfg
         folder = RunFolder(f"{cfg.run_dir}/{setting}")
         written[cfg.workers] = {m: len(folder.done_ids(f"cases_{m}")) for m in cfg.methods}
 
-    monkeypatch.setattr(experiments, "_evaluate_in_workers", spy)
+    monkeypatch.setattr(experiments, "evaluate_in_workers", spy)
 
     def run(name, workers):
         cfg = ExperimentConfig(run_dir=str(tmp_path / name / "03"), model=ModelConfig(name="tiny-llama", num_threads=2),

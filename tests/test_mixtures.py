@@ -1,4 +1,4 @@
-"""Chapter 6's training mixtures: sampler proportions, mixture configs, which folder holds each editor, budget
+"""Chapter 7's training mixtures: sampler proportions, mixture configs, which folder holds each editor, budget
 snapshots of a longer run, gradient-norm summaries and verdicts."""
 import json
 import random
@@ -96,7 +96,7 @@ def test_mixture_config_round_trips_through_params_json(tmp_path):
     raw = json.loads((tmp_path / "02_editor_training" / "params.json").read_text())
     back = ExperimentConfig(**{k: v for k, v in raw.items() if not k.startswith("_")})
     assert back.to_dict() == cfg.to_dict() and back.mixtures == cfg.mixtures
-    reader = ExperimentConfig(run_dir=str(tmp_path / "06_task_scaling_and_balance"))
+    reader = ExperimentConfig(run_dir=str(tmp_path / "07_task_scaling_and_balance"))
     assert mixtures.trained_plan(reader).editors == mixtures.plan(cfg).editors
 
 

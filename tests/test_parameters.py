@@ -7,7 +7,7 @@ import pytest
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from instructedit_utils import experiments, parameters, training
+from instructedit_utils import experiments, instruction_search, parameters, training
 from instructedit_utils.config import PROFILES, ExperimentConfig
 from instructedit_utils.paths import PROJECT_ROOT
 
@@ -17,8 +17,9 @@ CLI_TWINS = {
     "02_editor_training": [(training, [])],
     "03_multitask_and_holdout": [(experiments, ["multitask"]), (experiments, ["holdout"])],
     "04_unseen_instructions": [(experiments, ["unseen"]), (experiments, ["transfer"])],
-    "05_gradient_analysis": [(experiments, ["gradients"])],
-    "06_task_scaling_and_balance": [(experiments, ["mixtures"])],
+    "05_instruction_search": [(instruction_search, [])],
+    "06_gradient_analysis": [(experiments, ["gradients"])],
+    "07_task_scaling_and_balance": [(experiments, ["mixtures"])],
 }
 
 
@@ -58,7 +59,7 @@ def test_notebook_runner_and_cli_build_the_same_config(path, profile, overrides,
 
 
 def test_every_notebook_with_a_command_line_has_its_twin_tested():
-    twins = {experiments.NOTEBOOKS[s] for s in experiments.SETTINGS} | {training.NOTEBOOK}
+    twins = {experiments.NOTEBOOKS[s] for s in experiments.SETTINGS} | {training.NOTEBOOK, instruction_search.NOTEBOOK}
     assert twins == set(CLI_TWINS)
     assert {s for name in experiments.NOTEBOOKS.values() for _, prefix in CLI_TWINS[name]
             for s in prefix} == set(experiments.SETTINGS)

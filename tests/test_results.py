@@ -12,7 +12,7 @@ from instructedit_utils.runs import RunFolder
 
 @pytest.fixture
 def cfg(tmp_path):
-    return ExperimentConfig(run_dir=str(tmp_path / "ci" / "07_results"), profile="ci")
+    return ExperimentConfig(run_dir=str(tmp_path / "ci" / "08_results"), profile="ci")
 
 
 def cases(method, values, task="zsre", key="edit/acc"):
@@ -82,9 +82,9 @@ def test_separation_claim_compares_the_intervals(cfg):
         return {"group": group, "metric": "silhouette", "scope": "training tasks", "value": value,
                 "ci_low": value - 0.01, "ci_high": value + 0.01, "perm_high": 0.0}
 
-    write_table(cfg, "05_gradient_analysis", "separation.csv", [row("instructedit", 0.2), row("mend", 0.1)])
+    write_table(cfg, "06_gradient_analysis", "separation.csv", [row("instructedit", 0.2), row("mend", 0.1)])
     assert results.claim_separation(cfg).verdict == results.REPRODUCED
-    write_table(cfg, "05_gradient_analysis", "separation.csv", [row("instructedit", 0.1), row("mend", 0.105)])
+    write_table(cfg, "06_gradient_analysis", "separation.csv", [row("instructedit", 0.1), row("mend", 0.105)])
     assert results.claim_separation(cfg).verdict == results.UNRESOLVED
 
 
@@ -93,9 +93,9 @@ def test_mixture_claims_read_chapter_6s_paired_differences(cfg):
         return {"task": "zsre", "metric": "edit/acc", "diff": d, "ci_low": d - 0.05, "ci_high": d + 0.05, "n": 50,
                 "seed": seed, **({"method": method} if method else {})}
 
-    write_table(cfg, "06_task_scaling_and_balance", "scaling_differences.csv",
+    write_table(cfg, "07_task_scaling_and_balance", "scaling_differences.csv",
                 [diff(0, 0.15, "instructedit"), diff(0, -0.15, "mend")])
-    write_table(cfg, "06_task_scaling_and_balance", "balance_differences.csv", [diff(0, -0.09), diff(1, -0.16)])
+    write_table(cfg, "07_task_scaling_and_balance", "balance_differences.csv", [diff(0, -0.09), diff(1, -0.16)])
     assert results.claim_scaling(cfg).verdict == results.REPRODUCED  # InstructEdit's, not MEND's
     balance = results.claim_balance(cfg)
     assert balance.verdict == results.REVERSED and "seed 1: -16.0" in balance.evidence

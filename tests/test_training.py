@@ -48,6 +48,7 @@ def _state(editor: MendEditor):
 
 def test_training_changes_the_editor_and_logs_slash_keys(tiny_llama, tmp_path):
     model, tok = tiny_llama
+    model.zero_grad(set_to_none=True)  # the fixture is shared: gradients another test left are not this one's
     before = {n: p.clone() for n, p in model.named_parameters()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     result = _train(model, tok, _config(), tmp_path / "ed")
