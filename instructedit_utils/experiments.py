@@ -396,13 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one evaluation setting with a profile's parameters (those of notebook 03 or 04), without the notebook."""
     from . import setup_torch
     from .models import load_model
+    from .parameters import parse_cli
 
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)  # every parameter and the descriptions file are checked before a model loads
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
-        parser.error(str(exc.args[0]) if exc.args else str(exc))
+    # every parameter and the descriptions file are checked before a model loads
+    args, cfg = parse_cli(parser, argv, config_from_args)
     setup_torch(cfg.model.num_threads, cfg.seed)
     RunFolder(Path(cfg.run_dir) / args.setting).write_params({**cfg.to_dict(), "setting": args.setting})
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)

@@ -136,9 +136,11 @@ class LeakIndex:
 
 
 def check_candidate(text: str, task: str, *, known: Mapping[str, str], near: Mapping[str, str],
-                    leaks: LeakIndex | None, min_words: int, max_words: int, max_similarity: float) -> str | None:
+                    leaks: LeakIndex | None, min_words: int, max_words: int, max_similarity: float,
+                    examples: LeakIndex | None = None) -> str | None:
     """Why a candidate is rejected, or None. ``known``: normalised texts seen so far (any status) → where from;
-    ``near``: the scored and held-out texts → where from (near-duplicates of them are rejected)."""
+    ``near``: the scored and held-out texts → where from (near-duplicates of them are rejected); ``leaks``: the test
+    records; ``examples``: the training records the prompt showed (a description names no particular record)."""
     n = len(words(text))
     if n < min_words or n > max_words:
         return f"length: {n} words (allowed {min_words}-{max_words})"
@@ -160,6 +162,9 @@ def check_candidate(text: str, task: str, *, known: Mapping[str, str], near: Map
     leak = leaks.find(text) if leaks is not None else None
     if leak:
         return f"copies test record {leak[0]} ({leak[1]!r})"
+    copied = examples.find(text) if examples is not None else None
+    if copied:
+        return f"copies prompt example {copied[0]} ({copied[1]!r})"
     return None
 
 
@@ -300,7 +305,8 @@ class SearchResult:
 
 #: the kinds of rejection reason (reason prefix → kind), in the order the filters apply them
 REJECTIONS = {"length": "length", "slot": "unfillable slot", "missing slot": "missing slot", "duplicate": "duplicate",
-              "near-duplicate": "near-duplicate", "copies test record": "copies a test record"}
+              "near-duplicate": "near-duplicate", "copies test record": "copies a test record",
+              "copies prompt example": "copies a prompt example"}
 
 
 def rejection_kind(reason: str) -> str:
@@ -377,34 +383,45 @@ class _Search:
                     near.setdefault(c.text, where)
         return known, near
 
+    def prompt(self, task: str, round_: int) -> tuple[list[dict[str, str]], list[EditRecord]]:
+        """The chat prompt of one task in one round, and the training records it shows."""
+        search = self.search
+        scored = sorted((c for c in self.candidates if c.task == task and c.status == "scored"), key=lambda c: -c.score)
+        shown = scored[:search.feedback] + scored[max(search.feedback, len(scored) - search.feedback):]
+        examples = sample(load_task(task, "train", self.cfg.data_dir), search.example_records, self.cfg.seed + round_)
+        return build_messages(task, self.base.names[task], examples, [(c.text, c.score) for c in shown],
+                              n_new=3), examples
+
+    def filter(self, task: str, round_: int, replies: Sequence[str], examples: Sequence[EditRecord]
+               ) -> list[Candidate]:
+        """The candidates of one task's replies, each checked by :func:`check_candidate` against everything seen
+        so far (this round's candidates included)."""
+        search = self.search
+        known, near = self._seen_so_far(task)
+        shown = LeakIndex(examples, search.leak_ngram, common=len(examples) + 1)
+        out: list[Candidate] = []
+        for text in (t for reply in replies for t in parse_candidates(reply)):
+            c = Candidate(task, round_, len(out), text, self.generator.label)
+            c.reason = check_candidate(text, task, known=known, near=near, leaks=self.leaks, examples=shown,
+                                       min_words=search.min_words, max_words=search.max_words,
+                                       max_similarity=search.max_similarity)
+            c.status = "rejected" if c.reason else "pending"
+            known.setdefault(normalise(text), f"a round-{round_} candidate")
+            if not c.reason:
+                near[text] = f"a round-{round_} candidate"
+            out.append(c)
+        return out
+
     def generate(self, round_: int) -> dict[str, Any]:
         """Prompts, replies and the filtered candidates of one round, for every task."""
         if self.generator is None:
             raise ValueError("The search needs a generator for round 1 and later")
-        search, out = self.search, {"prompts": {}, "replies": {}, "candidates": []}
-        for t_index, task in enumerate(search.search_tasks):
-            scored = sorted((c for c in self.candidates if c.task == task and c.status == "scored"),
-                            key=lambda c: -c.score)
-            shown = scored[:search.feedback] + scored[max(search.feedback, len(scored) - search.feedback):]
-            examples = sample(load_task(task, "train", self.cfg.data_dir), search.example_records,
-                              self.cfg.seed + round_)
-            messages = build_messages(task, self.base.names[task], examples, [(c.text, c.score) for c in shown],
-                                      n_new=3)
-            replies = self.generator.generate(messages, search.samples_per_round,
+        out: dict[str, Any] = {"prompts": {}, "replies": {}, "candidates": []}
+        for t_index, task in enumerate(self.search.search_tasks):
+            messages, examples = self.prompt(task, round_)
+            replies = self.generator.generate(messages, self.search.samples_per_round,
                                               generation_seed(self.cfg.seed, round_, t_index))
-            known, near = self._seen_so_far(task)
-            for reply in replies:
-                for text in parse_candidates(reply):
-                    c = Candidate(task, round_, len([x for x in out["candidates"] if x.task == task]), text,
-                                  self.generator.label)
-                    c.reason = check_candidate(text, task, known=known, near=near, leaks=self.leaks,
-                                               min_words=search.min_words, max_words=search.max_words,
-                                               max_similarity=search.max_similarity)
-                    c.status = "rejected" if c.reason else "pending"
-                    known.setdefault(normalise(text), f"a round-{round_} candidate")
-                    if not c.reason:
-                        near[text] = f"a round-{round_} candidate"
-                    out["candidates"].append(c)
+            out["candidates"] += self.filter(task, round_, replies, examples)
             out["prompts"][task], out["replies"][task] = messages, replies
         return out
 
@@ -626,13 +643,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import setup_torch
     from .generators import EndpointError
     from .models import load_model
+    from .parameters import parse_cli
 
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
-        parser.error(str(exc.args[0]) if exc.args else str(exc))
+    args, cfg = parse_cli(parser, argv, config_from_args)
     setup_torch(cfg.model.num_threads, cfg.seed)
     RunFolder(cfg.run_dir).write_params(cfg.to_dict())
     model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)

@@ -178,6 +178,17 @@ def parse_overrides(items: Sequence[str], parameters_file: str | Path | None = N
     return overrides
 
 
+def parse_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None, build
+              ) -> tuple[argparse.Namespace, ExperimentConfig]:
+    """Parse ``argv`` and build the command's configuration with ``build(args)``; a bad parameter, value or file is
+    the parser's error (exit status 2, the message, no traceback), before any model loads."""
+    args = parser.parse_args(argv)
+    try:
+        return args, build(args)
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as exc:
+        parser.error(str(exc.args[0]) if exc.args else str(exc))
+
+
 def config_from_args(notebook: str, args: argparse.Namespace, extra: dict[str, Any] | None = None
                      ) -> ExperimentConfig:
     """The configuration a command-line twin of ``notebook`` runs with (profile, ``-f``, ``-p``, then ``extra``)."""

@@ -789,13 +789,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train the editors of notebook 02 with a profile's parameters, without the notebook."""
     from . import setup_torch
     from .models import load_model
+    from .parameters import parse_cli
 
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except (KeyError, ValueError, TypeError) as exc:
-        parser.error(str(exc.args[0]) if exc.args else str(exc))
+    args, cfg = parse_cli(parser, argv, config_from_args)
     configs = ({**cfg.single_task_configs(True), **cfg.single_task_configs(False)} if args.single_task
                else cfg.training_configs())
     unknown = set(args.editor or ()) - set(configs)

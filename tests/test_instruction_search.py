@@ -57,6 +57,9 @@ def test_filters_give_each_rejection_its_reason(cf_records):
     assert check("Answer the country of citizenship of Leonardo DiCaprio").startswith("copies test record counterfact/")
     assert check("Answer about Leonardo DiCaprio now please").startswith("copies test record")  # a 2-word subject
     assert check("Edit the stored fact and reply with it") is None
+    shown = LeakIndex(cf_records[1:], n=4, common=2)  # a training record the prompt showed
+    assert check_candidate("Answer what Paris is the capital of now", "counterfact", known={}, near={}, leaks=None,
+                           examples=shown, **FILTER).startswith("copies prompt example counterfact/hand/1 (")
     assert check("Be [LABEL] whenever [TOPIC] comes up", "convsent") is None
 
 

@@ -65,6 +65,18 @@ def test_every_notebook_with_a_command_line_has_its_twin_tested():
             for s in prefix} == set(experiments.SETTINGS)
 
 
+@pytest.mark.parametrize("main, prefix", [(training.main, []), (experiments.main, ["multitask"]),
+                                          (instruction_search.main, [])], ids=["train", "eval", "search"])
+def test_every_cli_refuses_a_missing_instruction_pool_before_loading_a_model(main, prefix, tmp_path, monkeypatch,
+                                                                               capsys):
+    import instructedit_utils.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        main(prefix + ["--profile", "ci", "--runs-dir", str(tmp_path), "-p", f"instructions_file={tmp_path}/no.json"])
+    assert exit_.value.code == 2 and f"No instruction pool file {tmp_path}/no.json" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_config_cell_feeds_every_declared_parameter(path):
     """The ``config`` cell passes each parameter of the parameters cell, by its own name, and nothing else."""
