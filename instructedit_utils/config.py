@@ -63,6 +63,7 @@ class ExperimentConfig:
     max_probes: int = 3  # locality / portability probes scored per case
     max_aliases: int = 1  # an answer counts as predicted if any of its first N aliases is
     fluency_max_new_tokens: int = 40  # 0 disables generation (and Fluency)
+    success_max_new_tokens: int = 0  # > 0: generation-based Reliability/Generalization (greedy, at most this long)
     sentiment_responses: int = 4  # responses per sentiment scored for ConvSent success
     length_sample_per_task: int | None = 300  # records per task for token-length statistics
     live_edits: int = 3  # example edits shown before/after in the training chapter
@@ -110,8 +111,8 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be >= 1 or None (one per core)")
-        if self.fluency_max_new_tokens < 0:
-            raise ValueError("fluency_max_new_tokens must be >= 0")
+        if self.fluency_max_new_tokens < 0 or self.success_max_new_tokens < 0:
+            raise ValueError("fluency_max_new_tokens and success_max_new_tokens must be >= 0")
         self.methods = tuple(self.methods)
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods must be distinct names, got {self.methods}")
@@ -257,7 +258,8 @@ class ExperimentConfig:
         """Keyword arguments for :func:`instructedit_utils.evaluation.score_requests`."""
         return dict(batch_size=self.batch_size, max_rephrases=self.max_rephrases, max_probes=self.max_probes,
                     max_aliases=self.max_aliases, sentiment_responses=self.sentiment_responses,
-                    fluency_max_new_tokens=self.fluency_max_new_tokens)
+                    fluency_max_new_tokens=self.fluency_max_new_tokens,
+                    success_max_new_tokens=self.success_max_new_tokens)
 
 
 @dataclass

@@ -13,6 +13,9 @@ Metric keys (slash-separated, MEND style):
 ``fluency/entropy``    weighted bi/tri-gram entropy of a greedy continuation of the edit prompt (the generated text
                        only; missing when the continuation is empty, see :func:`~instructedit_utils.metrics.fluency`)
 ``fluency/empty``      1 when that continuation has fewer than 3 words (the model ended its answer at once), else 0
+``edit/greedy``        generation-based Reliability: 1 when the greedy continuation of the edit prompt starts with the
+                       target (:func:`~instructedit_utils.metrics.generation_success`), with ``success_max_new_tokens``
+``gen/greedy``         the same on the rephrases (mean); both left out for ConvSent, whose targets are responses
 =====================  ==========================================================================================
 
 All (prompt, answer) pairs of many cases are scored in shared batches; results are regrouped per case.
@@ -33,8 +36,8 @@ import torch
 
 from .data import EditRecord, load_task, sample
 from .instructions import EditRequest, make_edit_request
-from .metrics import (Encoded, TargetScore, bootstrap_ci, encode_pair, fluency, generate, locality_agreement,
-                      score_encoded, sentiment_success)
+from .metrics import (Encoded, TargetScore, bootstrap_ci, encode_pair, fluency, generate, generation_success,
+                      locality_agreement, score_encoded, sentiment_success)
 from .runs import RunFolder
 
 METRIC_LABELS = {
@@ -48,10 +51,12 @@ METRIC_LABELS = {
     "loc/gold_acc": "Loc. answer acc.",
     "sentiment/margin": "Sentiment margin",
     "search/score": "Search score",
+    "edit/greedy": "Reliability (greedy)",
+    "gen/greedy": "Generalization (greedy)",
 }
 # Metrics that are shares in [0, 1] (shown in percent); the others (entropy in bits, log-prob margin) are raw.
 FRACTION_METRICS = ("edit/acc", "gen/acc", "loc/acc", "port/acc", "sentiment/success", "loc/gold_acc",
-                    "fluency/empty", "search/score")
+                    "fluency/empty", "search/score", "edit/greedy", "gen/greedy")
 
 
 def metric_label(metric: str) -> str:
@@ -101,7 +106,8 @@ def _mean(values: list[float]) -> float | None:
 
 def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_size: int = 16, max_rephrases: int = 3,
                    max_probes: int = 3, max_aliases: int = 1, sentiment_responses: int = 4,
-                   fluency_max_new_tokens: int = 0, reference: dict[tuple, TargetScore] | None = None,
+                   fluency_max_new_tokens: int = 0, success_max_new_tokens: int = 0,
+                   reference: dict[tuple, TargetScore] | None = None,
                    scorer: Scorer | None = None) -> tuple[list[dict[str, Any]], dict]:
     """Score ``model`` on each request; returns (cases, raw locality scores).
 
@@ -113,7 +119,9 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
     predicted if any of them is), ``sentiment_responses`` responses per sentiment.
 
     ``scorer`` replaces the plain batched forward passes (e.g. :func:`~instructedit_utils.forward.score_split`,
-    which replays only the edited blocks); it must score ``model``.
+    which replays only the edited blocks); it must score ``model``. With ``success_max_new_tokens``, the greedy
+    continuations of the edit prompt and the scored rephrases give ``edit/greedy`` and ``gen/greedy``
+    (:func:`greedy_success`).
     """
     jobs = _Jobs(tokenizer)
     for c, req in enumerate(requests):
@@ -138,6 +146,9 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
         grouped[key[0]][key[1]][key[2:]] = sc
     generations = (generate(model, tokenizer, [r.prompt for r in requests], fluency_max_new_tokens, batch_size)
                    if fluency_max_new_tokens > 0 else None)
+    greedy = (greedy_success(requests, tokenizer, max_rephrases, success_max_new_tokens,
+                             lambda prompts, _owners, n: generate(model, tokenizer, prompts, n, batch_size))
+              if success_max_new_tokens > 0 else None)
 
     cases = []
     for c, req in enumerate(requests):
@@ -166,9 +177,43 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
             case["sentiment/margin"] = float(np.mean(t) - np.mean(o))
         if generations is not None:
             case.update(generation_fields(generations[c]))
+        if greedy is not None:
+            case.update(greedy[c])
         cases.append({k: v for k, v in case.items() if v is not None or k in ("instruction", "description_index")})
     raw_loc = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items() if key[1] == "loc"}
     return cases, raw_loc
+
+
+def greedy_success(requests: Sequence[EditRequest], tokenizer, max_rephrases: int, max_new_tokens: int,
+                   generate_fn: Callable[[list[str], list[int], int], list[str]]) -> list[dict[str, float]]:
+    """``edit/greedy`` and ``gen/greedy`` of each request (empty for ConvSent): whether the greedy continuation of
+    its edit prompt, and of each of its first ``max_rephrases`` rephrases (mean), starts with the target
+    (:func:`~instructedit_utils.metrics.generation_success`). ``generate_fn(prompts, owners, n)`` continues every
+    prompt by ``n`` tokens (``owners[i]``: the request prompt ``i`` belongs to); ``n`` is the longest target in
+    tokens plus two, at most ``max_new_tokens`` (greedy text does not depend on how far it runs)."""
+    prompts, owners, kinds = [], [], []
+    for c, req in enumerate(requests):
+        if req.record.target_responses:  # ConvSent: the target is a sentiment, not a text to generate
+            continue
+        for kind, prompt in (("edit", req.prompt), *(("gen", r) for r in req.rephrases[:max_rephrases])):
+            prompts.append(prompt)
+            owners.append(c)
+            kinds.append(kind)
+    out: list[dict[str, float]] = [{} for _ in requests]
+    if not prompts:
+        return out
+    longest = max(len(tokenizer(" " + requests[c].target)["input_ids"]) for c in set(owners))
+    texts = generate_fn(prompts, owners, min(max_new_tokens, longest + 2))
+    rephrased: dict[int, list[float]] = defaultdict(list)
+    for c, kind, text in zip(owners, kinds, texts):
+        success = generation_success(text, requests[c].target)
+        if kind == "edit":
+            out[c]["edit/greedy"] = success
+        else:
+            rephrased[c].append(success)
+    for c, values in rephrased.items():
+        out[c]["gen/greedy"] = float(np.mean(values))
+    return out
 
 
 def generation_fields(continuation: str) -> dict[str, Any]:
@@ -214,6 +259,16 @@ def requests_digest(requests: Sequence[EditRequest]) -> str:
 
 _SCORE_DEFAULTS = {k: p.default for k, p in inspect.signature(score_requests).parameters.items()
                    if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("reference", "scorer")}
+#: scoring options added after case files existed: recorded only when on, so that older case files stay valid
+_RECORDED_WHEN_ON = ("success_max_new_tokens",)
+
+
+def scoring_settings(score_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What of the scoring options changes a case's numbers: every cap and generation length (defaults filled in),
+    not the batch size; options of :data:`_RECORDED_WHEN_ON` only when on."""
+    scoring = {**_SCORE_DEFAULTS, **score_kwargs}
+    scoring.pop("batch_size", None)
+    return {k: v for k, v in scoring.items() if not (k in _RECORDED_WHEN_ON and not v)}
 
 
 def case_settings(requests: Sequence[EditRequest], score_kwargs: dict[str, Any],
@@ -221,9 +276,7 @@ def case_settings(requests: Sequence[EditRequest], score_kwargs: dict[str, Any],
     """The settings a case file records: ``settings`` (the caller's, e.g.
     :meth:`~instructedit_utils.config.ExperimentConfig.case_settings`), every scoring cap and the Fluency length
     (``scoring/…``; the batch size is left out, it does not change what is computed) and :func:`requests_digest`."""
-    scoring = {**_SCORE_DEFAULTS, **score_kwargs}
-    scoring.pop("batch_size", None)
-    return {**(settings or {}), "scoring": scoring, "requests": requests_digest(requests)}
+    return {**(settings or {}), "scoring": scoring_settings(score_kwargs), "requests": requests_digest(requests)}
 
 
 def evaluate_unedited(model, tokenizer, requests: Sequence[EditRequest], run: RunFolder | None = None,
@@ -286,8 +339,7 @@ class UneditedScores:
         from pathlib import Path
 
         self.folder = Path(folder)
-        scoring = {k: v for k, v in {**_SCORE_DEFAULTS, **score_kwargs}.items() if k != "batch_size"}
-        self._prefix = json.dumps([model_fingerprint(model), scoring], sort_keys=True)
+        self._prefix = json.dumps([model_fingerprint(model), scoring_settings(score_kwargs)], sort_keys=True)
 
     def path(self, requests: Sequence[EditRequest]):
         key = hashlib.sha256((self._prefix + requests_digest(requests)).encode()).hexdigest()[:24]
@@ -335,8 +387,9 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
     with ``shared``, the unedited scores of each chunk are kept in ``<run>/unedited/`` and reused by every method
     evaluated on the same requests (:class:`UneditedScores`). The unedited model itself
     (:class:`~instructedit_utils.baselines.Unedited`) is not scored a second time as its own edit. With
-    ``batch_generation``, methods whose edits are weight deltas (``weight_deltas``) generate the Fluency
-    continuations of a chunk's edited models in shared batches (:func:`generate_edited`) instead of one by one.
+    ``batch_generation``, methods whose edits are weight deltas (``weight_deltas``) generate the Fluency and
+    greedy-success continuations of a chunk's edited models in shared batches (:func:`generate_edited`) instead of
+    one by one.
     """
     from .baselines import EditingMethod, Unedited
     from .editor import applied
@@ -356,9 +409,11 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
     batch_size = score_kwargs.get("batch_size", 16)
     unedited = UneditedScores(run.path / "unedited", model, score_kwargs) if run is not None and shared else None
     gen_tokens = score_kwargs.get("fluency_max_new_tokens", 0)
-    batched = batch_generation and gen_tokens > 0 and not isinstance(method, Unedited) and \
-        type(method).weight_deltas is not EditingMethod.weight_deltas
-    edited_kwargs = {**score_kwargs, "fluency_max_new_tokens": 0} if batched else score_kwargs
+    success_tokens = score_kwargs.get("success_max_new_tokens", 0)
+    batched = batch_generation and (gen_tokens > 0 or success_tokens > 0) and not isinstance(method, Unedited) \
+        and type(method).weight_deltas is not EditingMethod.weight_deltas
+    edited_kwargs = ({**score_kwargs, "fluency_max_new_tokens": 0, "success_max_new_tokens": 0} if batched
+                     else score_kwargs)
 
     def score_chunk(part: list[EditRequest]) -> list[dict[str, Any]]:
         scorer = None
@@ -386,10 +441,16 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
                     with method.edited(model, tokenizer, req) as edited:
                         edited_cases += score_requests(edited, tokenizer, [req], reference=reference, scorer=scorer,
                                                        **score_kwargs)[0]
-        if batched:
+        if batched and gen_tokens > 0:
             texts = generate_edited(model, tokenizer, [r.prompt for r in part], deltas, gen_tokens, batch_size)
             for case, text in zip(edited_cases, texts):
                 case.update(generation_fields(text))
+        if batched and success_tokens > 0:
+            greedy = greedy_success(part, tokenizer, score_kwargs.get("max_rephrases", 3), success_tokens,
+                                    lambda prompts, owners, n: generate_edited(
+                                        model, tokenizer, prompts, [deltas[c] for c in owners], n, batch_size))
+            for case, fields in zip(edited_cases, greedy):
+                case.update(fields)
         return [{"method": method.name, "editor": fingerprint, **case,
                  **{f"base/{k}": v for k, v in base.items() if "/" in k}} for case, base in zip(edited_cases, base_cases)]
 

@@ -8,8 +8,9 @@ scores going back to the generator until the metrics stopped improving. Here, fo
   ``instructions_file``);
 * **each later round**, per task: a generator (:mod:`instructedit_utils.generators`) proposes descriptions from a
   prompt holding the task, example training records, its slots and the descriptions scored so far; **filters**
-  (:func:`check_candidate`) reject some, each with its reason; the **trial editor** (the trained InstructEdit editor
-  of chapter 2) edits a fixed validation sample with each remaining candidate as its description, and the
+  (:mod:`instructedit_utils.instruction_filters`) reject some, each with its reason; the **trial editor** (the
+  trained InstructEdit editor of chapter 2) edits a fixed validation sample with each remaining candidate as its
+  description, and the
   candidate's **score** is a declared weighting of Reliability, Generalization and Locality (its mean over the
   records with a 95% bootstrap CI);
 * the **pool** of a task is its ``pool_size`` best-scored descriptions so far (hand-written ones included), with the
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -42,7 +42,8 @@ from .config import ExperimentConfig, MethodConfig
 from .data import EditRecord, load_task, sample
 from .evaluation import paired_difference
 from .generators import EndpointGenerator, Generator, LocalGenerator, build_messages, parse_candidates
-from .instructions import TASK_SLOTS, InstructionPool
+from .instruction_filters import REJECTIONS, LeakIndex, check_candidate, normalise, rejection_kind
+from .instructions import InstructionPool
 from .metrics import bootstrap_ci
 from .runs import RunFolder, SettingsMismatch, settings_diff
 
@@ -75,97 +76,6 @@ class Candidate:
     def condition(self) -> str:
         """The name of its case file's condition."""
         return f"r{self.round:02d}_{self.task}_{self.index:02d}"
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Filters
-# --------------------------------------------------------------------------------------------------------------------
-
-_WORD = re.compile(r"\[[a-z]+\]|[a-z0-9]+")
-_SLOT = re.compile(r"\[[A-Za-z_]+\]")
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words (slots such as ``[label]`` kept as one word), punctuation dropped."""
-    return _WORD.findall(text.lower())
-
-
-def normalise(text: str) -> str:
-    return " ".join(words(text))
-
-
-def similarity(a: str, b: str) -> float:
-    """Jaccard similarity of the two texts' word-bigram sets (0: nothing shared, 1: the same bigrams)."""
-    def grams(text: str) -> set[tuple[str, ...]]:
-        w = words(text)
-        return {tuple(w[i:i + 2]) for i in range(max(1, len(w) - 1))}
-
-    x, y = grams(a), grams(b)
-    return len(x & y) / len(x | y) if x | y else 1.0
-
-
-class LeakIndex:
-    """The text of test records, to catch a description that copies one: any run of ``n`` words of a record's prompt,
-    rephrases or target, and its subject or target when they have two words or more. Runs shared by ``common`` or
-    more records (templates such as *What do you think of*) are not a record's own text and are ignored."""
-
-    def __init__(self, records: Sequence[EditRecord], n: int = 4, common: int = 10):
-        self.n = n
-        owners: dict[tuple[str, ...], set[str]] = {}
-        for rec in records:
-            for text in (rec.prompt, rec.target_new, *rec.rephrases):
-                w = words(text)
-                for i in range(len(w) - n + 1):
-                    owners.setdefault(tuple(w[i:i + n]), set()).add(rec.record_id)
-            for phrase in (rec.subject, rec.target_new):
-                w = tuple(words(phrase or ""))
-                if len(w) >= 2:
-                    owners.setdefault(w, set()).add(rec.record_id)
-        self.owners = {k: min(v) for k, v in owners.items() if len(v) < common}
-        self.lengths = sorted({len(k) for k in self.owners})
-
-    def find(self, text: str) -> tuple[str, str] | None:
-        """(record id, shared words) of the first test record the text copies from, or None."""
-        w = words(text)
-        for size in self.lengths:
-            for i in range(len(w) - size + 1):
-                key = tuple(w[i:i + size])
-                if key in self.owners:
-                    return self.owners[key], " ".join(key)
-        return None
-
-
-def check_candidate(text: str, task: str, *, known: Mapping[str, str], near: Mapping[str, str],
-                    leaks: LeakIndex | None, min_words: int, max_words: int, max_similarity: float,
-                    examples: LeakIndex | None = None) -> str | None:
-    """Why a candidate is rejected, or None. ``known``: normalised texts seen so far (any status) → where from;
-    ``near``: the scored and held-out texts → where from (near-duplicates of them are rejected); ``leaks``: the test
-    records; ``examples``: the training records the prompt showed (a description names no particular record)."""
-    n = len(words(text))
-    if n < min_words or n > max_words:
-        return f"length: {n} words (allowed {min_words}-{max_words})"
-    slots = set(_SLOT.findall(text))
-    allowed = TASK_SLOTS.get(task, frozenset())
-    unknown = sorted(s for s in slots if s not in allowed)
-    if unknown:
-        return f"slot {', '.join(unknown)} cannot be filled from {task} records"
-    missing = sorted(s for s in allowed if s not in slots)
-    if missing:
-        return f"missing slot {', '.join(missing)}"
-    key = normalise(text)
-    if key in known:
-        return f"duplicate of {known[key]}"
-    for other, where in near.items():
-        sim = similarity(text, other)
-        if sim > max_similarity:
-            return f"near-duplicate ({sim:.2f}) of {where}"
-    leak = leaks.find(text) if leaks is not None else None
-    if leak:
-        return f"copies test record {leak[0]} ({leak[1]!r})"
-    copied = examples.find(text) if examples is not None else None
-    if copied:
-        return f"copies prompt example {copied[0]} ({copied[1]!r})"
-    return None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -301,18 +211,6 @@ class SearchResult:
                              "score (%)": [f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for m, lo, hi in
                                            zip(rows["score"], rows["ci_low"], rows["ci_high"])],
                              "description": rows["text"]}).set_index(["task", "round"])
-
-
-#: the kinds of rejection reason (reason prefix → kind), in the order the filters apply them
-REJECTIONS = {"length": "length", "slot": "unfillable slot", "missing slot": "missing slot", "duplicate": "duplicate",
-              "near-duplicate": "near-duplicate", "copies test record": "copies a test record",
-              "copies prompt example": "copies a prompt example"}
-
-
-def rejection_kind(reason: str) -> str:
-    """The kind of a rejection reason (the longest prefix of :data:`REJECTIONS` it starts with)."""
-    prefix = max((p for p in REJECTIONS if reason.startswith(p)), key=len, default=None)
-    return REJECTIONS[prefix] if prefix else "other"
 
 
 def make_generator(cfg: ExperimentConfig, model, tokenizer) -> Generator:

@@ -218,6 +218,27 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,
     return out
 
 
+_OPENING = " \"'“‘«("
+_CLOSING = " \"'”’».,;:!?)"
+#: an answer label a continuation may start with (the instruction's ``Input:`` line invites ``Output:``)
+_LABEL = re.compile(r"^(?:output|answer|a)\s*:\s*")
+
+
+def generation_success(continuation: str, target: str) -> float:
+    """1.0 when a greedy ``continuation`` starts with ``target``, else 0.0: case, runs of white space, one leading
+    answer label (``Output:``, ``Answer:``, ``A:``), opening quotes or brackets before the target and closing
+    punctuation of the target are ignored, and the target must end at a word boundary (``Paris`` succeeds in *Paris,
+    France* and in *Output: Paris*, fails in *Parisian*; *Par* fails for ``Paris``)."""
+    goal = " ".join(target.lower().split()).strip(_CLOSING).lstrip(_OPENING)
+    if not goal:
+        raise ValueError(f"generation_success needs a non-empty target, got {target!r}")
+    text = _LABEL.sub("", " ".join(continuation.lower().split()).lstrip(_OPENING), count=1).lstrip(_OPENING)
+    if not text.startswith(goal):
+        return 0.0
+    rest = text[len(goal):]
+    return 1.0 if not rest or not rest[0].isalnum() else 0.0
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # ConvSent
 # --------------------------------------------------------------------------------------------------------------------

@@ -148,6 +148,68 @@ def paper_claims(cases_mt: Sequence[dict[str, Any]], cases_ho: Sequence[dict[str
     return out
 
 
+#: (teacher-forced metric, its generation-based twin) of :func:`success_gaps`
+SUCCESS_PAIRS = (("edit/acc", "edit/greedy"), ("gen/acc", "gen/greedy"))
+
+
+def success_gaps(cases: Sequence[dict[str, Any]], seed: int = 0) -> pd.DataFrame:
+    """Teacher-forced minus generation-based success on the same cases (those that have both: ConvSent has no
+    greedy success), per setting, method and metric pair: both means and the mean paired gap with a 95% bootstrap CI
+    (in [0, 1]; positive: teacher forcing says more edits succeeded than greedy decoding shows)."""
+    from .metrics import bootstrap_ci
+
+    rows = []
+    df = pd.DataFrame(cases)
+    groups = [(setting, method) for setting in dict.fromkeys(df["setting"])
+              for method in ordered(list(dict.fromkeys(df.loc[df["setting"] == setting, "method"])))]
+    for setting, method in groups:
+        part = df[(df["setting"] == setting) & (df["method"] == method)]
+        for forced, greedy in SUCCESS_PAIRS:
+            if greedy not in part:
+                continue
+            both = part[[forced, greedy]].dropna()
+            if both.empty:
+                continue
+            gap, lo, hi = bootstrap_ci((both[forced] - both[greedy]).tolist(), seed=seed)
+            rows.append({"setting": setting, "method": method, "metric": metric_label(forced),
+                         "teacher-forced": both[forced].mean(), "greedy": both[greedy].mean(), "gap": gap,
+                         "ci_low": lo, "ci_high": hi, "n": len(both)})
+    return pd.DataFrame(rows)
+
+
+def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
+    """:func:`success_gaps` for the book: percent, the gap as ``+d [lo, hi]``."""
+    shown = gaps.assign(**{c: (100 * gaps[c]).round(1) for c in ("teacher-forced", "greedy")},
+                        gap=[f"{100 * g:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                             for g, lo, hi in zip(gaps["gap"], gaps["ci_low"], gaps["ci_high"])],
+                        method=gaps["method"].map(lambda m: LABELS.get(m, m)))
+    return shown.set_index(["setting", "method", "metric"])[["teacher-forced", "greedy", "gap", "n"]]
+
+
+def gap_sentences(gaps: pd.DataFrame) -> list[str]:
+    """Where the two kinds of success disagree, per setting and metric, computed from the intervals."""
+    out = []
+    for (setting, metric), part in gaps.groupby(["setting", "metric"], sort=False):
+        above = part[part["ci_low"] > 0].sort_values("gap", ascending=False)
+        below = part[part["ci_high"] < 0]
+        same = part[(part["ci_low"] <= 0) & (part["ci_high"] >= 0)]
+
+        def names(rows) -> str:
+            return ", ".join(LABELS.get(m, m) for m in rows["method"]) or "none"
+
+        text = (f"**{setting}, {metric}**: teacher forcing reports more success than greedy decoding for "
+                f"{len(above)} of {len(part)} methods ({names(above)})")
+        if len(above):
+            top = above.iloc[0]
+            text += (f", most for {LABELS.get(top['method'], top['method'])} ({100 * top['gap']:+.1f} points "
+                     f"[{100 * top['ci_low']:+.1f}, {100 * top['ci_high']:+.1f}])")
+        text += f"; the two agree within the interval for {names(same)}"
+        if len(below):
+            text += f"; greedy decoding reports more for {names(below)}"
+        out.append(text + ".")
+    return out
+
+
 def paper_cells() -> list[dict[str, Any]]:
     """The paper's published Table 3 cells this package holds (``resources/paper_table3.json``), with the source."""
     raw = json.loads(resources.files("instructedit_utils.resources").joinpath("paper_table3.json").read_text())

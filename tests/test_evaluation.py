@@ -179,3 +179,27 @@ def test_fluency_and_empty_share_summarised():
     # a group whose continuations were all empty has no Fluency row; columns keep the metrics' own order
     two = summarize([{**c, "task": "u"} for c in cases[:1]] + cases, n_boot=10)
     assert list(wide_table(two).columns) == ["Fluency", "Empty generations"]
+
+
+def test_greedy_success_per_request_and_its_generation_length(tiny_llama, cf_records, convsent_records):
+    from instructedit_utils.evaluation import case_settings, greedy_success
+
+    _, tok = tiny_llama
+    reqs = build_requests(cf_records + convsent_records[:1], instructions=False, seed=0)
+    asked = {}
+
+    def fake_generate(prompts, owners, n):  # edit prompts continue with their target, rephrases do not
+        asked.update(prompts=list(prompts), owners=list(owners), n=n)
+        return [f" {reqs[c].target} and more" if p == reqs[c].prompt else " something else"
+                for p, c in zip(prompts, owners)]
+
+    out = greedy_success(reqs, tok, max_rephrases=2, max_new_tokens=50, generate_fn=fake_generate)
+    n_reph = [min(2, len(r.rephrases)) for r in reqs[:2]]
+    assert asked["owners"] == [0] * (1 + n_reph[0]) + [1] * (1 + n_reph[1])  # ConvSent asks for nothing
+    longest = max(len(tok(" " + r.target)["input_ids"]) for r in reqs[:2])
+    assert asked["n"] == min(50, longest + 2)
+    assert [o.get("edit/greedy") for o in out] == [1.0, 1.0, None]
+    assert [o.get("gen/greedy") for o in out[:2]] == [0.0 if k else None for k in n_reph] and out[2] == {}
+    # off by default, so case files written before the option existed keep their settings
+    assert "success_max_new_tokens" not in case_settings(reqs, {"fluency_max_new_tokens": 4})["scoring"]
+    assert case_settings(reqs, {"success_max_new_tokens": 8})["scoring"]["success_max_new_tokens"] == 8

@@ -173,7 +173,8 @@ def test_edited_models_generate_in_one_batch_as_one_by_one(tiny, cf_records, con
         plain = model(input_ids=ids).logits
     assert torch.allclose(torch.stack(alone), together, atol=1e-5)
     assert not torch.allclose(plain, together, atol=1e-3)  # the deltas matter, and the hooks are gone
-    kw = dict(max_rephrases=1, max_probes=1, sentiment_responses=1, fluency_max_new_tokens=6, batch_size=4)
+    kw = dict(max_rephrases=1, max_probes=1, sentiment_responses=1, fluency_max_new_tokens=6, batch_size=4,
+              success_max_new_tokens=5)
     for method in (mend, baselines.build("ft-l", model, tok, default_layers=(2, 3), lr=0.05, steps=3,
                                          norm_constraint=None)):
         batched = evaluate_method(method, model, tok, reqs, batch_generation=True, **kw)
@@ -184,6 +185,8 @@ def test_edited_models_generate_in_one_batch_as_one_by_one(tiny, cf_records, con
         for a, b in zip(batched, single):
             assert a.keys() == b.keys()
             assert a["fluency/empty"] == b["fluency/empty"] and a.get("fluency/entropy") == b.get("fluency/entropy")
+            assert a.get("edit/greedy") == b.get("edit/greedy") and a.get("gen/greedy") == b.get("gen/greedy")
+            assert ("edit/greedy" in a) == (a["task"] != "convsent")  # ConvSent's targets are sentiments
 
 
 def test_harness_resumes_without_redoing_cases_and_refuses_another_editor(tiny_llama, cf_records, tmp_path,

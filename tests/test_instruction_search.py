@@ -13,8 +13,8 @@ from instructedit_utils import training
 from instructedit_utils.config import ExperimentConfig, MethodConfig, ModelConfig, SearchConfig
 from instructedit_utils.generators import (EndpointError, EndpointGenerator, LocalGenerator, build_messages,
                                            parse_candidates)
-from instructedit_utils.instruction_search import (Candidate, LeakIndex, check_candidate, choose_pool,
-                                                   generation_seed, similarity, stop_reason)
+from instructedit_utils.instruction_filters import LeakIndex, check_candidate, similarity
+from instructedit_utils.instruction_search import Candidate, choose_pool, generation_seed, stop_reason
 from instructedit_utils.instructions import InstructionPool, default_pool, fill_slots, load_pool, read_descriptions
 from instructedit_utils.runs import SettingsMismatch
 

@@ -332,3 +332,24 @@ def test_paper_claims_are_computed_from_paired_cases():
     assert "multi-task Reliability: holds" in ft
     assert "hold-out Reliability: holds (+60.0 points" in grace and "multi-task Reliability: reversed" in grace
     assert "Generalization near Base: holds" in grace
+
+
+def test_success_gaps_pair_teacher_forced_and_greedy_success_on_the_same_cases():
+    from instructedit_utils import table3
+
+    cases = [{"setting": "multitask", "method": m, "case_id": str(i), "edit/acc": a, "edit/greedy": g,
+              "gen/acc": 0.5, "gen/greedy": 0.5}
+             for m, rows in (("instructedit", [(1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (1.0, 0.0)]),
+                             ("mend", [(1.0, 1.0), (0.0, 0.0), (1.0, 1.0), (0.5, 1.0)]))
+             for i, (a, g) in enumerate(rows)]
+    cases.append({"setting": "multitask", "method": "mend", "case_id": "cs", "edit/acc": 1.0})  # ConvSent: no greedy
+    gaps = table3.success_gaps(cases)
+    rel = gaps[gaps["metric"] == "Reliability"].set_index("method")
+    assert list(rel.index) == ["mend", "instructedit"]  # the paper's column order
+    assert rel.loc["instructedit", "gap"] == 1.0 and rel.loc["instructedit", "ci_low"] == 1.0
+    assert rel.loc["mend", "gap"] == pytest.approx(-0.125) and rel.loc["mend", "n"] == 4
+    text = table3.gap_sentences(gaps)
+    assert text[0].startswith("**multitask, Reliability**: teacher forcing reports more success than greedy decoding "
+                              "for 1 of 2 methods (InstructEdit), most for InstructEdit (+100.0 points [+100.0, "
+                              "+100.0]); the two agree within the interval for MEND.")
+    assert "for 0 of 2 methods (none); the two agree within the interval for MEND, InstructEdit." in text[1]

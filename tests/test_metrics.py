@@ -80,3 +80,30 @@ def test_bootstrap_ci():
     mean, lo, hi = bootstrap_ci([0, 1] * 50, seed=1)
     assert mean == 0.5 and lo < 0.5 < hi and hi - lo < 0.3
     assert math.isnan(bootstrap_ci([])[0])
+
+
+@pytest.mark.parametrize("continuation, target, success", [
+    (" Paris, France.", "Paris", 1.0),  # match, then punctuation
+    ("paris", "Paris", 1.0),  # case
+    ("   Paris\n is", " Paris ", 1.0),  # white space on both sides
+    ('"Paris" is the answer', "Paris.", 1.0),  # quotes around, the target's full stop
+    ("New  York City", "New York", 1.0),  # runs of spaces
+    ("Parisian food", "Paris", 0.0),  # no word boundary after the target
+    ("Par", "Paris", 0.0),  # partial: the continuation stopped short
+    ("New Jersey", "New York", 0.0),  # partial: the first word only
+    ("The answer is Paris", "Paris", 0.0),  # not at the start
+    ("Output: Paris", "Paris", 1.0),  # the answer label the instruction format invites
+    ("\nAnswer: 'Paris'", "Paris", 1.0),
+    ("Output: Output: Paris", "Paris", 0.0),  # one label only
+])
+def test_generation_success_on_hand_made_continuations(continuation, target, success):
+    from instructedit_utils.metrics import generation_success
+
+    assert generation_success(continuation, target) == success
+
+
+def test_generation_success_refuses_an_empty_target():
+    from instructedit_utils.metrics import generation_success
+
+    with pytest.raises(ValueError, match="non-empty target"):
+        generation_success("x", " . ")
