@@ -123,6 +123,31 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
     continuations of the edit prompt and the scored rephrases give ``edit/greedy`` and ``gen/greedy``
     (:func:`greedy_success`).
     """
+    scores = _scoring_jobs(tokenizer, requests, max_rephrases, max_probes, max_aliases,
+                           sentiment_responses).run(model, batch_size, scorer)
+    grouped: dict[int, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
+    for key, sc in scores.items():
+        grouped[key[0]][key[1]][key[2:]] = sc
+    generations = (generate(model, tokenizer, [r.prompt for r in requests], fluency_max_new_tokens, batch_size)
+                   if fluency_max_new_tokens > 0 else None)
+    greedy = (greedy_success(requests, tokenizer, max_rephrases, success_max_new_tokens,
+                             lambda prompts, _owners, n: generate(model, tokenizer, prompts, n, batch_size))
+              if success_max_new_tokens > 0 else None)
+    cases = []
+    for c, req in enumerate(requests):
+        case = _case(req, grouped[c], reference)
+        if generations is not None:
+            case.update(generation_fields(generations[c]))
+        if greedy is not None:
+            case.update(greedy[c])
+        cases.append({k: v for k, v in case.items() if v is not None or k in ("instruction", "description_index")})
+    raw_loc = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items() if key[1] == "loc"}
+    return cases, raw_loc
+
+
+def _scoring_jobs(tokenizer, requests: Sequence[EditRequest], max_rephrases: int, max_probes: int,
+                  max_aliases: int, sentiment_responses: int) -> _Jobs:
+    """Every (prompt, answer) pair :func:`score_requests` scores, keyed ``(case, kind, ...)``."""
     jobs = _Jobs(tokenizer)
     for c, req in enumerate(requests):
         jobs.add((c, "edit"), req.prompt, req.target)
@@ -139,49 +164,28 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
             for side, responses in (("t", rec.target_responses), ("o", rec.opposite_responses)):
                 for j, resp in enumerate(responses[:sentiment_responses]):
                     jobs.add((c, "sent", side, j), req.prompt, resp)
-    scores = jobs.run(model, batch_size, scorer)
+    return jobs
 
-    grouped: dict[int, dict[str, dict]] = defaultdict(lambda: defaultdict(dict))
-    for key, sc in scores.items():
-        grouped[key[0]][key[1]][key[2:]] = sc
-    generations = (generate(model, tokenizer, [r.prompt for r in requests], fluency_max_new_tokens, batch_size)
-                   if fluency_max_new_tokens > 0 else None)
-    greedy = (greedy_success(requests, tokenizer, max_rephrases, success_max_new_tokens,
-                             lambda prompts, _owners, n: generate(model, tokenizer, prompts, n, batch_size))
-              if success_max_new_tokens > 0 else None)
 
-    cases = []
-    for c, req in enumerate(requests):
-        g = grouped[c]
-        case: dict[str, Any] = {
-            "case_id": req.case_id, "task": req.task, "instruction": req.description,
-            "description_index": req.description_index,
-            "edit/acc": g["edit"][()].acc,
-        }
-        case["gen/acc"] = _mean([sc.acc for sc in g["gen"].values()])
-        port = defaultdict(list)
-        for (j, _a), sc in g["port"].items():
-            port[j].append(sc.acc)
-        case["port/acc"] = _mean([max(v) for v in port.values()])
-        loc = defaultdict(list)
-        for (j, _a), sc in g["loc"].items():
-            loc[j].append(sc.acc)
-        case["loc/gold_acc"] = _mean([max(v) for v in loc.values()])
-        if reference is not None:
-            case["loc/acc"] = _mean([locality_agreement(reference[(req.case_id, "loc", j, 0)], sc)
-                                     for (j, a), sc in g["loc"].items() if a == 0])
-        if req.task == "convsent":
-            t = [sc.mean_logprob for (side, _j), sc in g["sent"].items() if side == "t"]
-            o = [sc.mean_logprob for (side, _j), sc in g["sent"].items() if side == "o"]
-            case["sentiment/success"] = sentiment_success(t, o)
-            case["sentiment/margin"] = float(np.mean(t) - np.mean(o))
-        if generations is not None:
-            case.update(generation_fields(generations[c]))
-        if greedy is not None:
-            case.update(greedy[c])
-        cases.append({k: v for k, v in case.items() if v is not None or k in ("instruction", "description_index")})
-    raw_loc = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items() if key[1] == "loc"}
-    return cases, raw_loc
+def _case(req: EditRequest, g: dict[str, dict], reference: dict[tuple, TargetScore] | None) -> dict[str, Any]:
+    """One case's teacher-forced metrics from its scores ``g`` (kind → key → score)."""
+    case: dict[str, Any] = {"case_id": req.case_id, "task": req.task, "instruction": req.description,
+                            "description_index": req.description_index, "edit/acc": g["edit"][()].acc,
+                            "gen/acc": _mean([sc.acc for sc in g["gen"].values()])}
+    for kind, metric in (("port", "port/acc"), ("loc", "loc/gold_acc")):  # an answer is right if any alias is
+        best = defaultdict(list)
+        for (j, _a), sc in g[kind].items():
+            best[j].append(sc.acc)
+        case[metric] = _mean([max(v) for v in best.values()])
+    if reference is not None:
+        case["loc/acc"] = _mean([locality_agreement(reference[(req.case_id, "loc", j, 0)], sc)
+                                 for (j, a), sc in g["loc"].items() if a == 0])
+    if req.task == "convsent":
+        t = [sc.mean_logprob for (side, _j), sc in g["sent"].items() if side == "t"]
+        o = [sc.mean_logprob for (side, _j), sc in g["sent"].items() if side == "o"]
+        case["sentiment/success"] = sentiment_success(t, o)
+        case["sentiment/margin"] = float(np.mean(t) - np.mean(o))
+    return case
 
 
 def greedy_success(requests: Sequence[EditRequest], tokenizer, max_rephrases: int, max_new_tokens: int,
@@ -401,10 +405,7 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
     name = name or f"cases_{method.name}"
     fingerprint = method.fingerprint
     if run is not None:
-        other = {c.get("editor") for c in run.read_cases(name)} - {fingerprint}
-        if other:
-            raise ValueError(f"{run.cases_path(name)} holds cases of another editor ({sorted(map(str, other))}, "
-                             f"now {fingerprint}); delete the file or use another run folder")
+        _check_editor(run, name, fingerprint)
     runner = method.runner(model) if split else None
     batch_size = score_kwargs.get("batch_size", 16)
     unedited = UneditedScores(run.path / "unedited", model, score_kwargs) if run is not None and shared else None
@@ -441,21 +442,40 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
                     with method.edited(model, tokenizer, req) as edited:
                         edited_cases += score_requests(edited, tokenizer, [req], reference=reference, scorer=scorer,
                                                        **score_kwargs)[0]
-        if batched and gen_tokens > 0:
-            texts = generate_edited(model, tokenizer, [r.prompt for r in part], deltas, gen_tokens, batch_size)
-            for case, text in zip(edited_cases, texts):
-                case.update(generation_fields(text))
-        if batched and success_tokens > 0:
-            greedy = greedy_success(part, tokenizer, score_kwargs.get("max_rephrases", 3), success_tokens,
-                                    lambda prompts, owners, n: generate_edited(
-                                        model, tokenizer, prompts, [deltas[c] for c in owners], n, batch_size))
-            for case, fields in zip(edited_cases, greedy):
-                case.update(fields)
+        if batched:
+            _generate_edited_fields(model, tokenizer, part, deltas, edited_cases, score_kwargs)
         return [{"method": method.name, "editor": fingerprint, **case,
                  **{f"base/{k}": v for k, v in base.items() if "/" in k}} for case, base in zip(edited_cases, base_cases)]
 
     return resumable_cases(requests, score_chunk, run, name, chunk, progress,
                            case_settings(requests, score_kwargs, settings))
+
+
+def _check_editor(run: RunFolder, name: str, fingerprint: str) -> None:
+    """A case file holds the cases of one editor: another fingerprint there is an error."""
+    other = {c.get("editor") for c in run.read_cases(name)} - {fingerprint}
+    if other:
+        raise ValueError(f"{run.cases_path(name)} holds cases of another editor ({sorted(map(str, other))}, "
+                         f"now {fingerprint}); delete the file or use another run folder")
+
+
+def _generate_edited_fields(model, tokenizer, part: Sequence[EditRequest], deltas: Sequence[Mapping[str, Any]],
+                            cases: Sequence[dict[str, Any]], score_kwargs: dict[str, Any]) -> None:
+    """Add the generation fields (Fluency, greedy success) of a chunk's edited models to their ``cases``, every edited
+    model generating in shared batches (:func:`generate_edited`; ``deltas[i]`` is request ``i``'s edit)."""
+    batch_size = score_kwargs.get("batch_size", 16)
+    gen_tokens = score_kwargs.get("fluency_max_new_tokens", 0)
+    success_tokens = score_kwargs.get("success_max_new_tokens", 0)
+    if gen_tokens > 0:
+        texts = generate_edited(model, tokenizer, [r.prompt for r in part], deltas, gen_tokens, batch_size)
+        for case, text in zip(cases, texts):
+            case.update(generation_fields(text))
+    if success_tokens > 0:
+        greedy = greedy_success(part, tokenizer, score_kwargs.get("max_rephrases", 3), success_tokens,
+                                lambda prompts, owners, n: generate_edited(
+                                    model, tokenizer, prompts, [deltas[c] for c in owners], n, batch_size))
+        for case, fields in zip(cases, greedy):
+            case.update(fields)
 
 
 def summarize(cases: Sequence[dict[str, Any]], by: Sequence[str] = ("task",), metrics: Sequence[str] | None = None,
