@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .data import TASKS
-from .instructions import EditRequest, InstructionPool, TASK_SLOTS, default_pool, format_instruction
+from .instructions import EditRequest, InstructionPool, TASK_SLOTS, default_pool, make_edit_request
 from .metrics import generate, generation_success, score_targets
 from .records import EditRecord
 
@@ -96,7 +96,7 @@ def edit_request(spec: EditSpec, instructed: bool, source: str, pool: Instructio
     record = EditRecord(task=spec.task or "custom", split="user", source=source, index=spec.line, subject="",
                         prompt=spec.prompt, target_new=spec.target)
     if not instructed:
-        return EditRequest(record, spec.prompt, spec.target, (), (), ())
+        return make_edit_request(record, instructions=False)
     where = f"{source}:{spec.line}"
     if spec.task is None:
         raise ValueError(f"{where}: the method reads instructions; give the edit's task ({list(TASKS)})")
@@ -107,8 +107,7 @@ def edit_request(spec: EditSpec, instructed: bool, source: str, pool: Instructio
         raise ValueError(f"{where}: the description has slots {slots} (filled from dataset records, not here); give a "
                          f"description with the sentiment and topic written out"
                          + (" (ConvSent's descriptions all have them)" if spec.task in TASK_SLOTS else ""))
-    prompt = format_instruction(pool.names[spec.task], description, spec.prompt, pool.template)
-    return EditRequest(record, prompt, spec.target, (), (), (), description=description)
+    return make_edit_request(record, description=description, pool=pool)
 
 
 def check(model, tokenizer, spec: EditSpec, request: EditRequest, max_new_tokens: int) -> dict[str, Any]:

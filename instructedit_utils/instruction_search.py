@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -181,7 +180,6 @@ class SearchResult:
                              "statistic": rec["statistic"]})
         return pd.DataFrame(rows)
 
-
     def unresolved(self) -> tuple[int, int]:
         """(chosen descriptions whose 95% CI overlaps the CI of their task's best hand-written description, chosen
         descriptions): how many the validation sample cannot tell apart from the hand-written best."""
@@ -253,7 +251,7 @@ class _Search:
                     "editor": self.method.fingerprint, "base_pool": self.base.to_dict()}
         path = self.folder.path / "search_settings.json"
         if path.is_file():
-            diff = settings_diff(self.folder.read_json("search_settings"), json.loads(json.dumps(settings)))
+            diff = settings_diff(self.folder.read_json("search_settings"), settings)
             if diff:
                 raise SettingsMismatch(f"{path} holds a search with other settings: {'; '.join(diff)}; delete "
                                        f"{self.folder.path} or use another run folder")

@@ -70,10 +70,10 @@ class InstructionPool:
 
     def write(self, path: str | Path, comment: str | None = None) -> Path:
         """Write the pool as a resource file (atomically: a temporary file, then a rename)."""
+        from .runs import _atomic_write_text
+
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(comment), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        _atomic_write_text(path, json.dumps(self.to_dict(comment), indent=2, ensure_ascii=False) + "\n")
         return path
 
     def _task(self, task: str) -> tuple[str, ...]:
@@ -105,6 +105,14 @@ def load_pool(path: str | Path | None = None) -> InstructionPool:
         return default_pool()
     if not Path(path).is_file():
         raise FileNotFoundError(f"No instruction pool file {path}")
+    stat = Path(path).stat()
+    return _read_pool(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_pool(path: str, mtime_ns: int, size: int) -> InstructionPool:
+    """A pool file read and checked once per version of the file (the pool is immutable, so callers share it: the
+    configs, the trainer and the harness ask for it many times)."""
     pool = InstructionPool.from_file(path)
     for task, descs in pool.descriptions.items():
         for i, text in enumerate(descs):

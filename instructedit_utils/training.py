@@ -233,12 +233,12 @@ def warm_up_normalization(editor: MendEditor, model, tokenizer, records: dict[st
                           config: MethodConfig) -> None:
     """Fill the running statistics from ``norm_warmup`` training edits (drawn without touching the sampler)."""
     tasks = [t for t, w in config.weights().items() if w > 0]
+    pool = load_pool(config.instructions_file)
     for i in range(config.norm_warmup):
         rng = random.Random(f"{config.seed}/warmup/{i}")
         task = tasks[i % len(tasks)]
         record = rng.choice(records[task])
-        request = make_edit_request(record, instructions=config.use_instructions, rng=rng,
-                                    pool=load_pool(config.instructions_file))
+        request = make_edit_request(record, instructions=config.use_instructions, rng=rng, pool=pool)
         factors, _ = editor.raw_factors(model, tokenizer, request.prompt, request.target, header=request.header)
         editor.observe(factors)
 
@@ -360,11 +360,10 @@ def is_trained(directory: str | os.PathLike) -> bool:
 
 def validation_requests(config: MethodConfig, data_dir=None) -> list[EditRequest]:
     """The fixed validation edits: ``val_records_per_task`` records of each task's val split, seeded descriptions."""
-    out = []
+    out, pool = [], load_pool(config.instructions_file)
     for task in config.tasks:
         recs = sample(load_task(task, "val", data_dir), config.val_records_per_task, config.seed)
-        out += build_requests(recs, instructions=config.use_instructions, seed=config.seed,
-                              pool=load_pool(config.instructions_file))
+        out += build_requests(recs, instructions=config.use_instructions, seed=config.seed, pool=pool)
     return out
 
 
