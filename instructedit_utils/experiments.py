@@ -102,25 +102,30 @@ class Job:
     tasks: tuple[str, ...]
     condition: str | None = None
     description: int | str | None = None
+    scope: str | None = None  # what else the case file is particular to (an external description's task)
 
     @property
     def file(self) -> str:
-        return f"cases_{self.name}" + (f"_{self.condition}" if self.condition else "")
+        """``cases_<method>[_<condition>][_<scope>]``: one file per method, condition and scope, so two jobs that
+        score different requests never share a file."""
+        return "_".join(["cases", self.name, *(part for part in (self.condition, self.scope) if part)])
 
 
 def evaluate_setting(cfg: ExperimentConfig, setting: str, methods: Mapping[str, EditingMethod], model, tokenizer,
                      tasks: Sequence[str], *, condition: str | None = None, description: int | str | None = None,
-                     progress: Callable | None = None, parallel: bool = False) -> list[dict[str, Any]]:
-    """Evaluate every method (resumable case files). With ``parallel``, methods of ``cfg.methods`` with unfinished
-    cases are first evaluated in worker processes (:func:`evaluate_in_workers`); here they are then read back."""
+                     scope: str | None = None, progress: Callable | None = None, parallel: bool = False
+                     ) -> list[dict[str, Any]]:
+    """Evaluate every method (resumable case files, :attr:`Job.file`). With ``parallel``, methods of
+    ``cfg.methods`` with unfinished cases are first evaluated in worker processes (:func:`evaluate_in_workers`);
+    here they are then read back."""
     folder = RunFolder(Path(cfg.run_dir) / setting)
     if parallel:
-        evaluate_in_workers(setting, [Job(cfg, name, tuple(tasks), condition, description) for name in methods
+        evaluate_in_workers(setting, [Job(cfg, name, tuple(tasks), condition, description, scope) for name in methods
                                       if name in cfg.methods], methods)
     out = []
     for name, method in methods.items():
         described, requests = _requests(cfg, method, tasks, description)
-        file = Job(cfg, name, tuple(tasks), condition).file
+        file = Job(cfg, name, tuple(tasks), condition, scope=scope).file
         settings = cfg.case_settings(tasks, instructions=method.use_instructions, description=described)
         cases = evaluate_method(method, model, tokenizer, requests, run=folder, name=file, progress=progress,
                                 settings=settings, **cfg.score_kwargs())
@@ -176,7 +181,7 @@ def _evaluate_worker(setting: str, job: Job, threads: int) -> None:
     if method_key not in _WORKER_CACHE:
         _WORKER_CACHE[method_key] = load_methods(cfg, model, tokenizer, [job.name])[job.name]
     evaluate_setting(cfg, setting, {job.name: _WORKER_CACHE[method_key]}, model, tokenizer, job.tasks,
-                     condition=job.condition, description=job.description)
+                     condition=job.condition, description=job.description, scope=job.scope)
 
 
 def _summary(cfg: ExperimentConfig, setting: str, cases: list[dict[str, Any]], by: Sequence[str]) -> pd.DataFrame:
@@ -208,7 +213,8 @@ def unseen(cfg: ExperimentConfig, model, tokenizer, method: EditingMethod | None
            ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """An instructed editor (default: the one editor in ``cfg.methods``) on all tasks (training + hold-out) with a
     seen description (condition ``seen``), the held-out one (``held_out``) and each external description
-    (``external<i>``, from ``descriptions`` or ``cfg.descriptions_file``)."""
+    (``external<i>``, from ``descriptions`` or ``cfg.descriptions_file``: the i-th description of a task, scored on
+    that task alone, in its own case file ``cases_<editor>_external<i>_<task>``)."""
     if method is None:
         if len(cfg.methods) != 1 or cfg.methods[0] == "base":
             raise ValueError(f"The unseen-instruction setting tests one instructed editor; methods = "
@@ -228,7 +234,7 @@ def unseen(cfg: ExperimentConfig, model, tokenizer, method: EditingMethod | None
     for task, texts in (descriptions or {}).items():
         for i, text in enumerate(texts):
             cases += evaluate_setting(cfg, "unseen", methods, model, tokenizer, (task,),
-                                      condition=f"external{i}", description=text, progress=progress)
+                                      condition=f"external{i}", description=text, scope=task, progress=progress)
     return cases, _summary(cfg, "unseen", cases, ("condition", "task"))
 
 

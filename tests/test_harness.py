@@ -399,3 +399,59 @@ def test_transfer_loads_the_single_task_editors_chapter_2_trained(tiny_llama, tm
                                                              for b in ("counterfact", "recent")}
     assert {c["editor"] for c in cases} == {experiments.load_methods(ch4, model, tok, [n])[n].fingerprint
                                             for n in singles}
+
+
+def _instructed_editor_folder(model, folder):
+    """A saved (untrained) instructed editor as chapter 2 leaves one: ``<folder>/instructedit``."""
+    _editor(model).save(folder / "instructedit")
+    (folder / "instructedit" / "done.json").write_text(json.dumps({"step": 0, "best_step": 0, "stop_reason": "steps"}))
+    return folder
+
+
+def _two_by_two_descriptions(tmp_path):
+    path = tmp_path / "descriptions.json"
+    path.write_text(json.dumps({"counterfact": ["Swap the fact for the new object.", "Answer with the edited object."],
+                                "zsre": ["Give the edited answer to the question.", "Reply with the new answer."]}))
+    return path
+
+
+def _external_conditions(summary):
+    ext = summary[summary["condition"].str.startswith("external") & (summary["metric"] == "edit/acc")]
+    return sorted(zip(ext["task"], ext["condition"]))
+
+
+def test_unseen_external_descriptions_of_several_tasks_from_the_command_line(tiny_llama, tmp_path, shared_data,
+                                                                             capsys):
+    """Issue 31: every task's i-th external description used to share ``cases_<editor>_external<i>``, so the second
+    task's cases were refused as scored with other settings."""
+    model, _ = tiny_llama
+    editors = _instructed_editor_folder(model, tmp_path / "editors")
+    argv = ["unseen", "--profile", "ci", "--runs-dir", str(tmp_path / "runs"), "--descriptions",
+            str(_two_by_two_descriptions(tmp_path)), "-p", "model_name=tiny-llama", "-p", f"editors_dir={editors}",
+            "-p", "workers=1", "-p", "num_threads=1", "-p", "sample_per_task=2"]
+    assert experiments.main(argv) == 0
+    folder = tmp_path / "runs" / "ci" / "04_unseen_instructions" / "unseen"
+    summary = pd.read_csv(folder / "summary.csv", index_col=0)
+    assert _external_conditions(summary) == [("counterfact", "external0"), ("counterfact", "external1"),
+                                             ("zsre", "external0"), ("zsre", "external1")]
+    assert {p.name for p in folder.glob("cases_instructedit_external*.jsonl")} == {
+        f"cases_instructedit_external{i}_{t}.jsonl" for i in (0, 1) for t in ("counterfact", "zsre")}
+    capsys.readouterr()
+    assert experiments.main(argv) == 0  # resumed: every case file is already complete
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_unseen_external_descriptions_of_several_tasks_through_the_notebook(tiny_llama, tmp_path, shared_data):
+    model, tok = tiny_llama
+    editors = _instructed_editor_folder(model, tmp_path / "editors")
+    cfg = ExperimentConfig.from_parameters(  # as chapter 4's config cell builds it
+        profile="ci", run_dir=str(tmp_path / "04"), model_name="tiny-llama", num_threads=1, editors_dir=str(editors),
+        tasks=["counterfact"], holdout_tasks=["zsre"], methods=["instructedit"], workers=1, sample_per_task=2,
+        fluency_max_new_tokens=0, descriptions_file=str(_two_by_two_descriptions(tmp_path)))
+    cases, summary = experiments.unseen(cfg, model, tok)
+    assert _external_conditions(summary) == [("counterfact", "external0"), ("counterfact", "external1"),
+                                             ("zsre", "external0"), ("zsre", "external1")]
+    texts = {(c["task"], c["condition"]): c["instruction"] for c in cases if c["condition"].startswith("external")}
+    assert texts[("zsre", "external1")] == "Reply with the new answer."
+    again, _ = experiments.unseen(cfg, model, tok)  # resumes from the case files
+    assert len(again) == len(cases)
