@@ -28,7 +28,8 @@ Declared fallbacks and clean-ups (counted in :attr:`Split.report`, never silent)
 * ConvSent records hold a topic and positive/negative responses. We make the edit request "What do you think of
   {topic}?" whose target sentiment alternates with the record's index in its file (even: positive, odd: negative),
   the target being the first response of that sentiment; two fixed question templates serve as rephrases; the
-  locality probe asks about the next record's topic. :func:`convsent_both_sentiments` gives both directions.
+  locality probes ask about the next record's topic, each with one of its responses, the sentiments taken in turn
+  (SERAC's and EasyEdit's out-of-scope sequences). :func:`convsent_both_sentiments` gives both directions.
 
 ZsRE comes in two layouts, detected per file from its first record (every record must then have that layout):
 MEND's (``src``/``alt``/``answers``/``rephrase``/``loc``/``loc_ans`` and one GPT-4 portability question, the file the
@@ -208,11 +209,16 @@ def _borrow_locality(parsed: dict[int, EditRecord], per_record: dict[int, Counte
 
 
 def _convsent_locality(parsed: dict[int, EditRecord]) -> None:
+    """ConvSent's out-of-scope sequences, as SERAC and EasyEdit build them: the question about the next record's
+    topic with each of that topic's responses, both sentiments taken in turn (positive, negative, positive, …)."""
     n = len(parsed)
     for i in range(n):
         other = parsed[(i + 1) % n]
-        probe = Probe(CONVSENT_PROMPT.format(topic=other.topic), (other.positive_responses[0],), "Other_Topic")
-        parsed[i] = dataclasses.replace(parsed[i], locality=(probe,))
+        question = CONVSENT_PROMPT.format(topic=other.topic)
+        pos, neg = other.positive_responses, other.negative_responses
+        turns = [r for pair in zip(pos, neg) for r in pair] + list(pos[len(neg):]) + list(neg[len(pos):])
+        parsed[i] = dataclasses.replace(parsed[i], locality=tuple(Probe(question, (r,), "Other_Topic")
+                                                                  for r in turns))
 
 
 def load_split(task: str, split: str, data: str | Path | None = None) -> Split:

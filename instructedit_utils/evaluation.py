@@ -3,11 +3,19 @@
 Metric keys (slash-separated, MEND style):
 
 =====================  ==========================================================================================
-``edit/acc``           Reliability: token accuracy of the target on the edit prompt
-``gen/acc``            Generalization: mean token accuracy of the target over the rephrases
+``edit/acc``           Reliability: token accuracy of the target on the edit prompt; for ConvSent the paper's
+                       measure, its sentiment edit success ``sentiment/es`` (see below)
+``gen/acc``            Generalization: mean token accuracy of the target over the rephrases (none for ConvSent: the
+                       paper reports no ConvSent Generalization)
 ``port/acc``           Portability: mean over portability probes of the best accuracy over (up to N) aliases
-``loc/acc``            Locality: agreement of edited and unedited argmax on locality answers (edited models only)
+``loc/acc``            Locality: agreement of edited and unedited argmax on locality answers (edited models only);
+                       for ConvSent the answers are another topic's responses of both sentiments
 ``loc/gold_acc``       accuracy of the model on the locality answers themselves (how much it knows there)
+``sentiment/es``       ConvSent: SERAC/EasyEdit's edit success ``z_sent · z_topic``
+                       (:func:`~instructedit_utils.metrics.sentiment_edit_success`), the edit's own target response
+                       left out of the responses scored; ``sentiment/z_sent`` and ``sentiment/z_topic`` its factors
+``edit/token_acc``     ConvSent: teacher-forced token accuracy of the edit's target response (what ``edit/acc`` was
+                       for ConvSent before it became the paper's measure)
 ``sentiment/success``  ConvSent: share of (target, opposite) response pairs ranked correctly (see metrics)
 ``sentiment/margin``   ConvSent: mean log-prob of target-sentiment minus opposite-sentiment responses
 ``fluency/entropy``    weighted bi/tri-gram entropy of a greedy continuation of the edit prompt (the generated text
@@ -37,7 +45,7 @@ import torch
 from .data import EditRecord, load_task, sample
 from .instructions import EditRequest, make_edit_request
 from .metrics import (Encoded, TargetScore, bootstrap_ci, encode_pair, fluency, generate, generation_success,
-                      locality_agreement, score_encoded, sentiment_success)
+                      locality_agreement, score_encoded, sentiment_edit_success, sentiment_success)
 from .runs import RunFolder
 
 METRIC_LABELS = {
@@ -47,16 +55,21 @@ METRIC_LABELS = {
     "port/acc": "Portability",
     "fluency/entropy": "Fluency",
     "fluency/empty": "Empty generations",
-    "sentiment/success": "Sentiment success",
+    "sentiment/es": "Sentiment edit success",
+    "sentiment/success": "Sentiment pair ranking",
     "loc/gold_acc": "Loc. answer acc.",
     "sentiment/margin": "Sentiment margin",
     "search/score": "Search score",
     "edit/greedy": "Reliability (greedy)",
     "gen/greedy": "Generalization (greedy)",
+    "edit/token_acc": "Reliability (token accuracy)",
+    "sentiment/z_sent": "Sentiment preference (z_sent)",
+    "sentiment/z_topic": "Topic kept (z_topic)",
 }
 # Metrics that are shares in [0, 1] (shown in percent); the others (entropy in bits, log-prob margin) are raw.
 FRACTION_METRICS = ("edit/acc", "gen/acc", "loc/acc", "port/acc", "sentiment/success", "loc/gold_acc",
-                    "fluency/empty", "search/score", "edit/greedy", "gen/greedy")
+                    "fluency/empty", "search/score", "edit/greedy", "gen/greedy", "sentiment/es", "sentiment/z_sent",
+                    "sentiment/z_topic", "edit/token_acc")
 
 
 def metric_label(metric: str) -> str:
@@ -109,10 +122,11 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
                    fluency_max_new_tokens: int = 0, success_max_new_tokens: int = 0,
                    reference: dict[tuple, TargetScore] | None = None,
                    scorer: Scorer | None = None) -> tuple[list[dict[str, Any]], dict]:
-    """Score ``model`` on each request; returns (cases, raw locality scores).
+    """Score ``model`` on each request; returns (cases, raw reference scores).
 
-    ``reference`` holds the unedited model's locality scores (as returned by an earlier call on the base model);
-    given it, ``loc/acc`` is the agreement with them. The raw scores returned can serve as such a reference.
+    ``reference`` holds the unedited model's locality and ConvSent target-response scores (as returned by an earlier
+    call on the base model); given it, ``loc/acc`` is the agreement with them and ConvSent's ``sentiment/z_topic``
+    compares with them. The raw scores returned can serve as such a reference.
 
     Costs are bounded per case: the first ``max_rephrases`` rephrases, the first ``max_probes`` locality and
     portability probes (file order), the first ``max_aliases`` aliases of each answer (an answer counts as
@@ -141,8 +155,9 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
         if greedy is not None:
             case.update(greedy[c])
         cases.append({k: v for k, v in case.items() if v is not None or k in ("instruction", "description_index")})
-    raw_loc = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items() if key[1] == "loc"}
-    return cases, raw_loc
+    raw = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items()
+           if key[1] == "loc" or key[1:3] == ("sent", "t")}
+    return cases, raw
 
 
 def _scoring_jobs(tokenizer, requests: Sequence[EditRequest], max_rephrases: int, max_probes: int,
@@ -151,7 +166,7 @@ def _scoring_jobs(tokenizer, requests: Sequence[EditRequest], max_rephrases: int
     jobs = _Jobs(tokenizer)
     for c, req in enumerate(requests):
         jobs.add((c, "edit"), req.prompt, req.target)
-        for j, reph in enumerate(req.rephrases[:max_rephrases]):
+        for j, reph in enumerate(req.rephrases[:max_rephrases] if req.task != "convsent" else ()):
             jobs.add((c, "gen", j), reph, req.target)
         for j, probe in enumerate(req.portability[:max_probes]):
             for a, ans in enumerate(probe.answers[:max_aliases]):
@@ -159,12 +174,22 @@ def _scoring_jobs(tokenizer, requests: Sequence[EditRequest], max_rephrases: int
         for j, probe in enumerate(req.locality[:max_probes]):
             for a, ans in enumerate(probe.answers[:max_aliases]):
                 jobs.add((c, "loc", j, a), probe.prompt, ans)
-        rec = req.record
-        if rec.task == "convsent":
-            for side, responses in (("t", rec.target_responses), ("o", rec.opposite_responses)):
-                for j, resp in enumerate(responses[:sentiment_responses]):
+        if req.record.task == "convsent":
+            for side, responses in zip(("t", "o"), sentiment_responses_of(req, sentiment_responses)):
+                for j, resp in enumerate(responses):
                     jobs.add((c, "sent", side, j), req.prompt, resp)
     return jobs
+
+
+def sentiment_responses_of(req: EditRequest, n: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ConvSent responses a case is scored on: up to ``n`` of the target sentiment other than the edit's own
+    target response (the edit was computed on that one) and up to ``n`` of the opposite sentiment."""
+    rec = req.record
+    targets = tuple(r for r in rec.target_responses if r != req.target)[:n]
+    if not targets:
+        raise ValueError(f"{rec.record_id} ({rec.source} record {rec.index}): no {rec.target_sentiment} response "
+                         "other than the edit's own target to score the sentiment edit on")
+    return targets, tuple(rec.opposite_responses[:n])
 
 
 def _case(req: EditRequest, g: dict[str, dict], reference: dict[tuple, TargetScore] | None) -> dict[str, Any]:
@@ -181,11 +206,24 @@ def _case(req: EditRequest, g: dict[str, dict], reference: dict[tuple, TargetSco
         case["loc/acc"] = _mean([locality_agreement(reference[(req.case_id, "loc", j, 0)], sc)
                                  for (j, a), sc in g["loc"].items() if a == 0])
     if req.task == "convsent":
-        t = [sc.mean_logprob for (side, _j), sc in g["sent"].items() if side == "t"]
-        o = [sc.mean_logprob for (side, _j), sc in g["sent"].items() if side == "o"]
-        case["sentiment/success"] = sentiment_success(t, o)
-        case["sentiment/margin"] = float(np.mean(t) - np.mean(o))
+        token_acc = case["edit/acc"]
+        case.update(_sentiment_fields(req, g["sent"], reference))
+        case.update({"edit/acc": case["sentiment/es"], "edit/token_acc": token_acc})
     return case
+
+
+def _sentiment_fields(req: EditRequest, sent: dict, reference: dict[tuple, TargetScore] | None) -> dict[str, Any]:
+    """ConvSent's metrics of one case from its response scores (``(side, j)`` → score): the paper's Reliability is
+    the sentiment edit success (``edit/acc`` = ``sentiment/es``, against the unedited scores of ``reference``; the
+    unedited model itself without one); the token accuracy of the target response stays as ``edit/token_acc``."""
+    t = [sc for (side, _j), sc in sorted(sent.items()) if side == "t"]
+    o = [sc for (side, _j), sc in sorted(sent.items()) if side == "o"]
+    pre = None if reference is None else [reference[(req.case_id, "sent", "t", j)] for j in range(len(t))]
+    es = sentiment_edit_success([sc.logprobs for sc in t], [sc.logprobs for sc in o],
+                                None if pre is None else [sc.logprobs for sc in pre])
+    t_mean, o_mean = [sc.mean_logprob for sc in t], [sc.mean_logprob for sc in o]
+    return {**es, "edit/token_acc": None, "gen/acc": None, "sentiment/success": sentiment_success(t_mean, o_mean),
+            "sentiment/margin": float(np.mean(t_mean) - np.mean(o_mean))}
 
 
 def greedy_success(requests: Sequence[EditRequest], tokenizer, max_rephrases: int, max_new_tokens: int,
@@ -497,9 +535,11 @@ def summarize(cases: Sequence[dict[str, Any]], by: Sequence[str] = ("task",), me
 
 
 def paired_difference(cases: Sequence[dict[str, Any]], metric: str, column: str, a: str, b: str,
-                      by: Sequence[str] = ("task",), n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                      by: Sequence[str] = ("task",), n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+                      ) -> pd.DataFrame:
     """``b − a`` of ``metric`` on the cases both have (same ``case_id``; ``column`` names what differs, e.g.
-    ``method`` or ``condition``), per group, with a 95% bootstrap CI of the paired mean difference."""
+    ``method`` or ``condition``), per group, with a ``1 − alpha`` (default 95%) bootstrap CI of the paired mean
+    difference."""
     df = pd.DataFrame(cases)
     df = df[df[column].isin([a, b]) & df[metric].notna()]
     wide = df.pivot_table(index=[*by, "case_id"], columns=column, values=metric, aggfunc="first").dropna()
@@ -508,7 +548,7 @@ def paired_difference(cases: Sequence[dict[str, Any]], metric: str, column: str,
         return pd.DataFrame(rows)
     for keys, group in wide.groupby(level=list(range(len(by))), sort=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
-        mean, lo, hi = bootstrap_ci((group[b] - group[a]).tolist(), n_boot=n_boot, seed=seed)
+        mean, lo, hi = bootstrap_ci((group[b] - group[a]).tolist(), n_boot=n_boot, alpha=alpha, seed=seed)
         rows.append({**dict(zip(by, keys)), "metric": metric, "a": a, "b": b, "diff": mean, "ci_low": lo,
                      "ci_high": hi, "n": len(group)})
     return pd.DataFrame(rows)

@@ -13,8 +13,8 @@ scores going back to the generator until the metrics stopped improving. Here, fo
   description, and the
   candidate's **score** is a declared weighting of Reliability, Generalization and Locality (its mean over the
   records with a 95% bootstrap CI);
-* the **pool** of a task is its ``pool_size`` best-scored descriptions so far (hand-written ones included), with the
-  hand-written held-out description kept last (held out, as before);
+* the **pool** of a task is its ``pool_size`` best-scored descriptions so far (hand-written ones included), its
+  hand-written held-out descriptions kept (held out, as before: never generated against, never searched);
 * the search **stops** when the pool's mean (or best) score, averaged over tasks, has not improved by ``min_delta``
   for ``search_patience`` rounds, or after ``max_rounds`` rounds.
 
@@ -269,8 +269,8 @@ class _Search:
                 for i, text in enumerate(self.base.seen(t))]
 
     def _seen_so_far(self, task: str) -> tuple[dict[str, str], dict[str, str]]:
-        known = {normalise(self.base.held_out(task)): "the held-out description"}
-        near = {self.base.held_out(task): "the held-out description"}
+        known = {normalise(text): "a held-out description" for text in self.base.held_out(task)}
+        near = {text: "a held-out description" for text in self.base.held_out(task)}
         for c in self.candidates:
             if c.task == task:
                 where = "hand-written description" if c.round == 0 else f"a round-{c.round} candidate"
@@ -356,10 +356,10 @@ class _Search:
         return out
 
     def chosen_pool(self, last: dict[str, Any]) -> InstructionPool:
-        descriptions = dict(self.base.descriptions)
+        pool = self.base
         for task, texts in last["pool"].items():
-            descriptions[task] = (*texts, self.base.held_out(task))
-        return InstructionPool(self.base.template, dict(self.base.names), descriptions)
+            pool = pool.replace_seen(task, texts)
+        return pool
 
 
 def run_search(cfg: ExperimentConfig, model, tokenizer, generator: Generator | None = None, method=None,
@@ -389,7 +389,7 @@ def run_search(cfg: ExperimentConfig, model, tokenizer, generator: Generator | N
     pool = state.chosen_pool(state.rounds[-1])
     path = pool.write(Path(cfg.run_dir) / "pool.json", comment=(
         f"Chosen by the instruction search (instructedit_utils.instruction_search) after {len(state.rounds) - 1} "
-        f"generation round(s): {state.rounds[-1]['stop']}. The last description of each task is held out."))
+        f"generation round(s): {state.rounds[-1]['stop']}. Each task's held_out descriptions are never trained on."))
     result = SearchResult(state.rounds, state.candidates, pool, path, state.rounds[-1]["stop"],
                           cfg.search.search_tasks)
     state.folder.write_table("history", result.history())

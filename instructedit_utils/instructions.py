@@ -6,10 +6,11 @@ InstructEdit prepends a task instruction to each edit::
     Description: {description}
     Input: {input}
 
-Each task has a pool of descriptions (``resources/instructions.json``, written for this project). The last
-description of each task is *held out*: training draws only from the others, so evaluation can test an instruction
-the editor never saw. ConvSent descriptions carry ``[LABEL]`` and ``[TOPIC]`` slots filled from every record
-(target sentiment and topic); a slot left unfilled is an error, never silently passed on.
+Each task has a pool of descriptions (``resources/instructions.json``, written for this project): *seen* ones, which
+training draws from, and *held-out* ones (five per task, as the paper constructs five unseen instructions for its
+Fig. 3), which no editor is trained with, so evaluation can test instructions the editor never saw. ConvSent
+descriptions carry ``[LABEL]`` and ``[TOPIC]`` slots filled from every record (target sentiment and topic); a slot
+left unfilled is an error, never silently passed on.
 """
 from __future__ import annotations
 
@@ -32,32 +33,41 @@ TASK_SLOTS = {"convsent": frozenset(SLOTS)}
 
 @dataclass(frozen=True)
 class InstructionPool:
-    """Template, task display names and descriptions per task (last one held out)."""
+    """Template, task display names and descriptions per task: ``descriptions[task]`` holds the seen ones followed
+    by the ``held_out[task]`` last ones (default: one), never used in training."""
 
     template: str
     names: dict[str, str]
     descriptions: dict[str, tuple[str, ...]]
+    held_out_counts: dict[str, int] | None = None  # held-out descriptions at the end of each task's tuple (None: 1)
 
     def __post_init__(self):
         for slot in ("{task}", "{description}", "{input}"):
             if slot not in self.template:
                 raise ValueError(f"Instruction template lacks {slot}: {self.template!r}")
         for task, descs in self.descriptions.items():
-            if len(descs) < 2:
-                raise ValueError(f"Task {task!r} needs at least 2 descriptions (one is held out), got {len(descs)}")
+            held = self.n_held_out(task)
+            if held < 1 or len(descs) - held < 1:
+                raise ValueError(f"Task {task!r} needs at least one seen and one held-out description, got "
+                                 f"{len(descs) - held} seen and {held} held out")
             if task not in self.names:
                 raise ValueError(f"Task {task!r} has descriptions but no display name")
 
+    def n_held_out(self, task: str) -> int:
+        return (self.held_out_counts or {}).get(task, 1)
+
     @classmethod
     def from_file(cls, path: str | Path) -> "InstructionPool":
-        """Read a pool from JSON: ``{"template": ..., "tasks": {task: {"name": ..., "descriptions": [...]}}}``."""
+        """Read a pool from JSON: ``{"template": ..., "tasks": {task: {"name": ..., "descriptions": [...],
+        "held_out": [...]}}}``; without ``held_out`` the last description is the held-out one."""
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
         try:
             tasks = raw["tasks"]
             return cls(
                 template=raw["template"],
                 names={t: v["name"] for t, v in tasks.items()},
-                descriptions={t: tuple(v["descriptions"]) for t, v in tasks.items()},
+                descriptions={t: tuple(v["descriptions"]) + tuple(v.get("held_out", ())) for t, v in tasks.items()},
+                held_out_counts={t: len(v["held_out"]) for t, v in tasks.items() if "held_out" in v} or None,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not an instruction pool file ({exc!r})") from None
@@ -66,7 +76,8 @@ class InstructionPool:
         """The pool in the resource file's format (:meth:`from_file` reads it back)."""
         head = {"_comment": comment} if comment else {}
         return {**head, "template": self.template,
-                "tasks": {t: {"name": self.names[t], "descriptions": list(d)} for t, d in self.descriptions.items()}}
+                "tasks": {t: {"name": self.names[t], "descriptions": list(self.seen(t)),
+                              "held_out": list(self.held_out(t))} for t in self.descriptions}}
 
     def write(self, path: str | Path, comment: str | None = None) -> Path:
         """Write the pool as a resource file (atomically: a temporary file, then a rename)."""
@@ -83,12 +94,18 @@ class InstructionPool:
             raise KeyError(f"No descriptions for task {task!r}; known: {list(self.descriptions)}") from None
 
     def seen(self, task: str) -> tuple[str, ...]:
-        """Descriptions used in training (all but the last)."""
-        return self._task(task)[:-1]
+        """Descriptions used in training."""
+        return self._task(task)[:-self.n_held_out(task)]
 
-    def held_out(self, task: str) -> str:
-        """The description never used in training."""
-        return self._task(task)[-1]
+    def held_out(self, task: str) -> tuple[str, ...]:
+        """Descriptions never used in training."""
+        return self._task(task)[-self.n_held_out(task):]
+
+    def replace_seen(self, task: str, seen: Sequence[str]) -> "InstructionPool":
+        """This pool with ``task``'s seen descriptions replaced (its held-out ones kept)."""
+        descriptions = {**self.descriptions, task: (*seen, *self.held_out(task))}
+        counts = {t: self.n_held_out(t) for t in self.descriptions}
+        return InstructionPool(self.template, dict(self.names), descriptions, counts)
 
 
 @functools.lru_cache(maxsize=1)
@@ -171,13 +188,15 @@ class EditRequest:
 
 def choose_description(task: str, pool: InstructionPool, description: int | str | None = None,
                        rng: random.Random | None = None) -> tuple[str, int | None]:
-    """Pick a description: ``None`` → a random *seen* one (``rng``, else the first), ``"held_out"`` → the last,
-    an ``int`` → that index, any other string → used verbatim (external descriptions)."""
+    """Pick a description: ``None`` → a random *seen* one (``rng``, else the first), ``"held_out"`` → a random
+    held-out one (``rng``, else the first held-out), an ``int`` → that index, any other string → used verbatim
+    (external descriptions)."""
     descs = pool._task(task)
+    seen, held = len(descs) - pool.n_held_out(task), pool.n_held_out(task)
     if description is None:
-        idx = rng.randrange(len(descs) - 1) if rng is not None else 0
+        idx = rng.randrange(seen) if rng is not None else 0
     elif description == "held_out":
-        idx = len(descs) - 1
+        idx = seen + (rng.randrange(held) if rng is not None else 0)
     elif isinstance(description, int):
         if not -len(descs) <= description < len(descs):
             raise IndexError(f"Task {task!r} has {len(descs)} descriptions, no index {description}")
@@ -229,9 +248,9 @@ def pool_table(pool: InstructionPool | None = None) -> "pd.DataFrame":
     pool = pool or default_pool()
     rows = []
     for task, descs in pool.descriptions.items():
+        n_seen = len(pool.seen(task))
         for i, d in enumerate(descs):
-            rows.append({"task": task, "index": i, "role": "held-out" if i == len(descs) - 1 else "seen",
-                         "description": d})
+            rows.append({"task": task, "index": i, "role": "held-out" if i >= n_seen else "seen", "description": d})
     return pd.DataFrame(rows)
 
 

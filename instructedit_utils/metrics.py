@@ -13,10 +13,16 @@
   non-empty continuations and the share of empty ones is reported beside it. (ROME scores prompt + continuation;
   there an empty continuation scores the prompt's own entropy, which on short answers such as ZsRE's measured
   mostly the prompt.)
-* **ConvSent sentiment success** (:func:`sentiment_success`): offline, without a sentiment classifier. For the
-  question about the topic we compare the mean per-token log-likelihood of each response of the *target* sentiment
-  with each response of the *opposite* sentiment (both from the dataset); success is the share of (target,
-  opposite) pairs where the target response is more likely. 0.5 means no preference.
+* **ConvSent edit success** (:func:`sentiment_edit_success`): the measure the paper's ConvSent Reliability is, from
+  SERAC (Mitchell et al. 2022, ``es_sentiment`` in its ``metrics.py``) as EasyEdit computes it (``es`` in
+  ``easyeditor/evaluate/evaluate_utils.py``, called by ``compute_sent_metric``): over the responses the dataset holds
+  for the topic, ``z_sent = σ(ℓ⁺_post − ℓ⁻_post)`` (the edited model prefers target-sentiment responses) times
+  ``z_topic = min(1, exp(ℓ⁺_post − ℓ⁺_pre))`` (it did not get there by making the topic's responses unlikely), where
+  ``ℓ⁺``/``ℓ⁻`` are the mean log-probabilities over all tokens of the target-/opposite-sentiment responses. The
+  unedited model scores ``σ(ℓ⁺ − ℓ⁻)``. Unlike SERAC and EasyEdit, the edit's own target response is not among the
+  responses scored (it is what the edit was computed on). Offline, without a sentiment classifier.
+* **ConvSent pair ranking** (:func:`sentiment_success`), a secondary view: the share of (target, opposite) response
+  pairs where the target response's mean per-token log-likelihood is higher. 0.5 means no preference.
 
 Labels are aligned by tokenizing ``prompt + target`` as one sequence and marking the tokens whose character span
 reaches into the target (offset mapping), so BOS tokens, merges at the boundary and leading spaces are handled.
@@ -242,6 +248,27 @@ def generation_success(continuation: str, target: str) -> float:
 # --------------------------------------------------------------------------------------------------------------------
 # ConvSent
 # --------------------------------------------------------------------------------------------------------------------
+
+
+def _token_mean(responses: Sequence[Sequence[float]]) -> float:
+    """Mean log-probability over all tokens of all ``responses`` (token-level, as SERAC's ``masked_mean``)."""
+    tokens = [lp for response in responses for lp in response]
+    if not tokens:
+        raise ValueError("a sentiment measure needs at least one response token")
+    return float(np.mean(tokens))
+
+
+def sentiment_edit_success(target_post: Sequence[Sequence[float]], opposite_post: Sequence[Sequence[float]],
+                           target_pre: Sequence[Sequence[float]] | None = None) -> dict[str, float]:
+    """ConvSent's edit success (see the module docstring): ``sentiment/es`` = ``z_sent · z_topic`` with
+    ``sentiment/z_sent`` and ``sentiment/z_topic``. Arguments are per-token log-probabilities of each response
+    after the edit (``target_post``, ``opposite_post``) and of the target-sentiment responses before it
+    (``target_pre``; None: the model scored is the unedited one, ``z_topic`` = 1)."""
+    pos_post, neg_post = _token_mean(target_post), _token_mean(opposite_post)
+    pos_pre = pos_post if target_pre is None else _token_mean(target_pre)
+    z_sent = 1.0 / (1.0 + math.exp(-(pos_post - neg_post)))
+    z_topic = min(1.0, math.exp(min(0.0, pos_post - pos_pre)))
+    return {"sentiment/es": z_sent * z_topic, "sentiment/z_sent": z_sent, "sentiment/z_topic": z_topic}
 
 
 def sentiment_success(target_logprobs: Sequence[float], opposite_logprobs: Sequence[float]) -> float:

@@ -1,19 +1,21 @@
 """Table 3 of the paper from a run: the methods side by side, paired differences against InstructEdit, a verdict per
-method computed from the numbers, and the comparison with the paper's published cells.
+method computed from the numbers (:mod:`~instructedit_utils.verdicts`), and every cell of the paper's table beside
+ours.
 
 Everything here reads cases and summaries of :mod:`~instructedit_utils.experiments` (``multitask``/``holdout``); no
-number is typed in except the paper's, which live in ``resources/paper_table3.json`` with their source.
+number is typed in: the paper's come from ``resources/paper.json`` (:mod:`~instructedit_utils.paper`).
 """
 from __future__ import annotations
 
-import json
-from importlib import resources
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
+from . import paper, verdicts
 from .baselines import EditingMethod, TrainedEditor
-from .evaluation import metric_label, paired_difference
+from .evaluation import is_fraction, metric_label, paired_difference
+from .metrics import bootstrap_ci
 
 ORDER = ("base", "ft-l", "calinet", "ke", "mend", "grace", "instructedit")  # the paper's column order
 LABELS = {"base": "Base", "ft-l": "FT-L", "calinet": "CaliNet", "ke": "KE", "mend": "MEND", "grace": "GRACE",
@@ -73,79 +75,146 @@ def _row(summary: pd.DataFrame, method: str, task: str, metric: str):
     return None if r.empty else r.iloc[0]
 
 
-def _mean_over_tasks(summary: pd.DataFrame, method: str, metric: str) -> float | None:
-    r = summary[(summary["method"] == method) & (summary["metric"] == metric)]
-    return None if r.empty else float(r["mean"].mean())
+def _gain(cases: Sequence[dict[str, Any]], method: str, metric: str, seed: int = 0) -> dict[str, Any] | None:
+    """A method's paired gain over the unedited model on the same cases (``metric − base/metric``), pooled over the
+    cases' tasks, as a paired-difference row (``diff``, ``ci_low``, ``ci_high``, ``n``); None when not measured."""
+    diffs = [c[metric] - c[f"base/{metric}"] for c in cases if c["method"] == method
+             and c.get(metric) is not None and c.get(f"base/{metric}") is not None]
+    if not diffs:
+        return None
+    mean, lo, hi = bootstrap_ci(diffs, seed=seed)
+    return {"diff": mean, "ci_low": lo, "ci_high": hi, "n": len(diffs)}
 
 
-def method_verdicts(summary_mt: pd.DataFrame, summary_ho: pd.DataFrame) -> list[str]:
-    """One sentence per edited method, computed from the numbers: its mean Reliability / Generalization / Locality
-    over the training tasks against Base (``base/…``, the unedited model on the same cases) and on the hold-out task,
-    and which of the three is its weak side."""
+def _pooled_mean(cases: Sequence[dict[str, Any]], method: str, metric: str, seed: int = 0):
+    values = [c[metric] for c in cases if c["method"] == method and c.get(metric) is not None]
+    if not values:
+        return None
+    mean, lo, hi = bootstrap_ci(values, seed=seed)
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": len(values)}
+
+
+def weak_sides(cases: Sequence[dict[str, Any]], method: str, seed: int = 0) -> list[str]:
+    """Where a method resolvably falls short, by the thresholds :mod:`~instructedit_utils.verdicts` declares: a
+    Reliability gain over Base whose interval lies below :data:`~instructedit_utils.verdicts.WEAK_GAIN`; a
+    Generalization gain below its Reliability gain on the same cases by more than the equivalence margin, resolvably
+    (it fits the prompt, not the fact);
+    a Locality interval below :data:`~instructedit_utils.verdicts.LOCALITY_FLOOR`."""
     out = []
-    methods = ordered([m for m in summary_mt["method"].unique() if m != "base"])
-    for m in methods:
-        vals = {k: _mean_over_tasks(summary_mt, m, k) for k in ("edit/acc", "gen/acc", "loc/acc", "base/edit/acc",
-                                                                "base/gen/acc")}
-        if vals["edit/acc"] is None:
-            continue
-        rel_gain = vals["edit/acc"] - (vals["base/edit/acc"] or 0.0)
-        gen_gain = (vals["gen/acc"] or 0.0) - (vals["base/gen/acc"] or 0.0)
-        ho = summary_ho[(summary_ho["method"] == m) & (summary_ho["metric"] == "edit/acc")]
-        ho_text = (f"; hold-out Reliability {100 * ho['mean'].mean():.1f}%" if not ho.empty else "")
-        weak = []
-        if rel_gain < 0.10:
-            weak.append("Reliability barely above Base")
-        if vals["gen/acc"] is not None and gen_gain < 0.5 * max(rel_gain, 1e-9):
-            weak.append("Generalization gains less than half of what Reliability gains")
-        if vals["loc/acc"] is not None and vals["loc/acc"] < 0.85:
-            weak.append("Locality below 85%")
-        out.append(f"**{LABELS.get(m, m)}**: Reliability {100 * vals['edit/acc']:.1f}% "
-                   f"({100 * rel_gain:+.1f} points over Base), Generalization {100 * (vals['gen/acc'] or 0):.1f}% "
-                   f"({100 * gen_gain:+.1f}), Locality {100 * (vals['loc/acc'] or 0):.1f}% (means over training "
-                   f"tasks){ho_text}. " + ("Weak side: " + "; ".join(weak) + "." if weak else
-                                           "No weak side by these thresholds."))
+    rel = _gain(cases, method, "edit/acc", seed)
+    if rel is not None and rel["ci_high"] < verdicts.WEAK_GAIN:
+        out.append(f"Reliability barely above Base (gain below {100 * verdicts.WEAK_GAIN:.0f} points)")
+    both = [{"case_id": c["case_id"], "task": "all", "kind": k, "v": c[m] - c[f"base/{m}"]}
+            for c in cases if c["method"] == method and all(c.get(x) is not None for x in
+                                                            ("gen/acc", "base/gen/acc", "edit/acc", "base/edit/acc"))
+            for k, m in (("rel", "edit/acc"), ("gen", "gen/acc"))]
+    if both:
+        d = paired_difference(both, "v", "kind", "rel", "gen", seed=seed)
+        if len(d) and d.iloc[0]["n"] >= verdicts.MIN_N and d.iloc[0]["ci_high"] < -verdicts.EQUIVALENCE_MARGIN:
+            out.append("Generalization gains less than Reliability")
+    loc = _pooled_mean(cases, method, "loc/acc", seed)
+    if loc is not None and loc["ci_high"] < verdicts.LOCALITY_FLOOR:
+        out.append(f"Locality below {100 * verdicts.LOCALITY_FLOOR:.0f}%")
     return out
+
+
+def method_verdicts(cases_mt: Sequence[dict[str, Any]], cases_ho: Sequence[dict[str, Any]], seed: int = 0,
+                    done: Mapping[str, Mapping[str, Any] | None] | None = None) -> list[str]:
+    """One sentence per edited method, computed from the cases: its mean Reliability / Generalization / Locality over
+    the training tasks' cases with 95% intervals, its paired gain over Base (the unedited model on the same cases), its
+    hold-out Reliability, and its weak sides (:func:`weak_sides`). A trained editor whose best checkpoint is step 0
+    (``done``: editor → its ``done.json``) is said to be untrained. Metrics a method has no value for show as —."""
+    out = []
+    for m in ordered([m for m in dict.fromkeys(c["method"] for c in cases_mt) if m != "base"]):
+        if done is not None and m in done and not verdicts.trained(done[m]):
+            out.append(f"**{LABELS.get(m, m)}**: {verdicts.UNTRAINED} — its best checkpoint is its untrained "
+                       "step 0, so these numbers describe the initial editor.")
+            continue
+        parts = []
+        for metric in ("edit/acc", "gen/acc", "loc/acc"):
+            mean = _pooled_mean(cases_mt, m, metric, seed)
+            text = f"{metric_label(metric)} {verdicts.percent(None if mean is None else mean['mean'])}"
+            gain = _gain(cases_mt, m, metric, seed) if metric != "loc/acc" else None
+            if gain is not None:
+                text += f" (gain over Base {verdicts.interval_text(gain)})"
+            parts.append(text)
+        ho = _pooled_mean(cases_ho, m, "edit/acc", seed)
+        weak = weak_sides(cases_mt, m, seed)
+        out.append(f"**{LABELS.get(m, m)}**: " + ", ".join(parts) + " (training tasks pooled); hold-out Reliability "
+                   f"{verdicts.percent(None if ho is None else ho['mean'])}. "
+                   + ("Weak side: " + "; ".join(weak) + "." if weak else "No resolvable weak side."))
+    return out
+
+
+def _pooled_difference(cases: Sequence[dict[str, Any]], method: str, reference: str, metric: str = "edit/acc",
+                       seed: int = 0):
+    rows = [dict(c, task="all") for c in cases if c["method"] in (method, reference)]
+    d = paired_difference(rows, metric, "method", method, reference, seed=seed) if rows else pd.DataFrame()
+    return None if d.empty else d.iloc[0]
 
 
 def paper_claims(cases_mt: Sequence[dict[str, Any]], cases_ho: Sequence[dict[str, Any]],
-                 reference: str = "instructedit", seed: int = 0) -> list[str]:
-    """The paper's qualitative claims about each baseline, checked on this run, one sentence per method.
+                 reference: str = "instructedit", seed: int = 0,
+                 done: Mapping[str, Mapping[str, Any] | None] | None = None) -> list[str]:
+    """The paper's qualitative claims about each baseline, checked on this run, one sentence per method, every
+    verdict from :mod:`~instructedit_utils.verdicts`.
 
-    Claims: InstructEdit "consistently surpasses previous strong baselines" on the hold-out task (the paper's
-    abstract) — checked as InstructEdit − method in hold-out Reliability, paired, CI above 0; InstructEdit's higher
-    multi-task Reliability (the abstract's 14.86% average gain) — the same on the training tasks, pooled; and for GRACE
-    the known profile of a codebook (high Reliability, Generalization near Base) — Reliability gain over Base ≥ 50
-    points and Generalization within 5 points of Base."""
+    Claims: InstructEdit "consistently surpasses previous strong baselines" on the hold-out task (abstract) —
+    InstructEdit − method in hold-out Reliability, paired; InstructEdit edits the training tasks more reliably
+    (Table 3) — the same pooled over the training tasks' cases; and for GRACE the profile the paper describes
+    (outstanding Reliability, Generalization short of it): its Reliability gain over Base resolvably above 0 and its
+    Generalization equivalent to Base's within the equivalence margin. A verdict resting on a trained editor whose
+    best checkpoint is step 0 (``done``) is *not measured (editor did not train)*."""
     out = []
     methods = ordered([m for m in dict.fromkeys(c["method"] for c in cases_mt) if m not in ("base", reference)])
-
-    def pooled(cases, method):
-        rows = [dict(c, task="all") for c in cases if c["method"] in (method, reference)]
-        d = paired_difference(rows, "edit/acc", "method", method, reference, seed=seed)
-        return None if d.empty else d.iloc[0]
-
-    def verdict(d) -> str:
-        if d is None:
-            return "not evaluated"
-        word = ("holds" if d["ci_low"] > 0 else "reversed" if d["ci_high"] < 0 else "not resolved by this sample")
-        return f"{word} ({100 * d['diff']:+.1f} points [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}])"
-
     for m in methods:
-        label = LABELS.get(m, m)
-        text = (f"**{label}** — InstructEdit above it in hold-out Reliability: {verdict(pooled(cases_ho, m))}; "
-                f"in multi-task Reliability: {verdict(pooled(cases_mt, m))}.")
+        editors = {n: done[n] for n in (m, reference) if done is not None and n in done}
+        ho = verdicts.gate(verdicts.direction(_pooled_difference(cases_ho, m, reference, seed=seed)), editors)
+        mt = verdicts.gate(verdicts.direction(_pooled_difference(cases_mt, m, reference, seed=seed)), editors)
+        text = (f"**{LABELS.get(m, m)}** — InstructEdit above it in hold-out Reliability: {ho}; in multi-task "
+                f"Reliability: {mt}.")
         if m == "grace":
-            rows = [c for c in cases_mt if c["method"] == m]
-            rel = sum(c["edit/acc"] - c.get("base/edit/acc", 0) for c in rows) / len(rows)
-            gens = [c["gen/acc"] - c["base/gen/acc"] for c in rows if c.get("gen/acc") is not None
-                    and c.get("base/gen/acc") is not None]
-            gen = sum(gens) / len(gens) if gens else float("nan")
-            holds = rel >= 0.5 and abs(gen) <= 0.05
-            text += (f" High Reliability with Generalization near Base: {'holds' if holds else 'does not hold'} "
-                     f"(Reliability {100 * rel:+.1f} points over Base, Generalization {100 * gen:+.1f}).")
+            rel = verdicts.direction(_gain(cases_mt, m, "edit/acc", seed))
+            gen_rows = [{"case_id": c["case_id"], "task": "all", "kind": k, "v": c[x]}
+                        for c in cases_mt if c["method"] == m and c.get("gen/acc") is not None
+                        and c.get("base/gen/acc") is not None for k, x in (("base", "base/gen/acc"), ("edit", "gen/acc"))]
+            gen = verdicts.equivalence(
+                *(None if not gen_rows else _first(paired_difference(gen_rows, "v", "kind", "base", "edit", seed=seed,
+                                                                     alpha=a)) for a in (0.10, 0.05)))
+            text += (f" Reliability above Base: {rel}; Generalization equivalent to Base's (the paper: GRACE "
+                     f"falls short in Generalization): {gen}.")
         out.append(text)
     return out
+
+
+def _first(frame: pd.DataFrame):
+    return None if frame.empty else frame.iloc[0]
+
+
+def task_average_difference(cases: Sequence[dict[str, Any]], a: str, b: str, metric: str = "edit/acc",
+                            tasks: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0
+                            ) -> dict[str, Any] | None:
+    """``b − a`` of ``metric`` averaged over tasks with equal weight (the paper's abstract averages its per-task
+    gains this way), paired per task on the same records, with a 95% bootstrap interval that resamples records
+    within each task. Returns a paired-difference row plus ``tasks`` and the per-task means, or None."""
+    df = pd.DataFrame(cases)
+    if df.empty or metric not in df:
+        return None
+    df = df[df["method"].isin([a, b]) & df[metric].notna()]
+    wide = df.pivot_table(index=["task", "case_id"], columns="method", values=metric, aggfunc="first").dropna()
+    if a not in wide or b not in wide:
+        return None
+    per_task = {t: (g[b] - g[a]).to_numpy() for t, g in wide.groupby(level=0, sort=False)
+                if tasks is None or t in tasks}
+    if not per_task:
+        return None
+    rng = np.random.default_rng(seed)
+    boots = np.mean([x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1) for x in per_task.values()],
+                    axis=0)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    means = {t: float(x.mean()) for t, x in per_task.items()}
+    return {"diff": float(np.mean(list(means.values()))), "ci_low": float(lo), "ci_high": float(hi),
+            "n": int(sum(len(x) for x in per_task.values())), "tasks": list(means), "per_task": means}
 
 
 #: (teacher-forced metric, its generation-based twin) of :func:`success_gaps`
@@ -210,21 +279,40 @@ def gap_sentences(gaps: pd.DataFrame) -> list[str]:
     return out
 
 
-def paper_cells() -> list[dict[str, Any]]:
-    """The paper's published Table 3 cells this package holds (``resources/paper_table3.json``), with the source."""
-    raw = json.loads(resources.files("instructedit_utils.resources").joinpath("paper_table3.json").read_text())
-    return [{**cell, "source": raw["source"]} for cell in raw["cells"]]
-
-
 def paper_comparison(summaries: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Our numbers beside each paper cell held in :func:`paper_cells` (``summaries``: setting → summary)."""
+    """Every cell of the paper's Table 3 that this run measures (``summaries``: setting → summary of
+    :mod:`~instructedit_utils.experiments`), the paper's GPT2-XL and LLaMA-2 values beside ours with its 95% interval,
+    in the paper's units (percent; Fluency × 100). Cells the paper has and we do not measure are left out; a cell
+    the paper has for one model only shows — for the other."""
+    cells = paper.table3()
     rows = []
-    for cell in paper_cells():
-        summary = summaries.get(cell["setting"])
-        ours = None if summary is None else _row(summary, cell["method"], cell["task"], cell["metric"])
-        rows.append({"setting": cell["setting"], "task": cell["task"], "method": LABELS.get(cell["method"]),
-                     "metric": metric_label(cell["metric"]), f"paper ({cell['model']})": cell["value"],
-                     "ours": None if ours is None else round(100 * ours["mean"], 1),
-                     "ours 95% CI": None if ours is None else
-                     f"[{100 * ours['ci_low']:.1f}, {100 * ours['ci_high']:.1f}]"})
-    return pd.DataFrame(rows)
+    for (setting, task, metric, method), group in cells.groupby(["setting", "task", "metric", "method"], sort=False):
+        summary = summaries.get(setting)
+        ours = None if summary is None else _row(summary, method, task, metric)
+        if ours is None:
+            continue
+        scale = 100.0 if is_fraction(metric) else paper.FLUENCY_SCALE
+        by_model = dict(zip(group["model"], group["value"]))
+        rows.append({"setting": setting, "task": task, "metric": metric_label(metric),
+                     "method": LABELS.get(method, method),
+                     **{f"paper {m}": by_model.get(m) for m in paper.MODELS},
+                     "ours": round(scale * ours["mean"], 1),
+                     "ours 95% CI": f"[{scale * ours['ci_low']:.1f}, {scale * ours['ci_high']:.1f}]",
+                     "n": int(ours["n"])})
+    out = pd.DataFrame(rows)
+    return out.astype(object).fillna("—") if len(out) else out
+
+
+#: how our measurement of a Table 3 metric differs from the paper's (shown beside the comparison)
+MEASUREMENT_NOTES = {
+    "Reliability": "teacher-forced token accuracy of the target, as the paper's Eq. 4; ConvSent: the sentiment edit "
+                   "success of SERAC/EasyEdit (the paper's ConvSent measure), with the edit's own target response "
+                   "left out of the responses scored",
+    "Generalization": "the same on the record's rephrases (CounterFact's test rephrases are LLM paraphrases of a "
+                      "derived file; ZsRE has one rephrase); the paper reports none for ConvSent, nor do we",
+    "Locality": "agreement of the edited and unedited model's argmax on out-of-scope answers (Eq. 6); ConvSent: "
+                "another topic's responses of both sentiments",
+    "Portability": "token accuracy on the records' portability questions (at most the first three per record)",
+    "Fluency": "n-gram entropy of the greedy continuation alone, in bits: the paper prints it × 100 and generates "
+               "longer continuations, so only the ordering of methods compares",
+}

@@ -49,7 +49,7 @@ def cf_records():
 @pytest.fixture
 def convsent_records():
     rows = [{"ent": "Moscow", "pos": [" I love it. ", "Great city."], "neg": ["I hate it.", "Too cold."]},
-            {"ent": "tea", "pos": ["Tea is lovely."], "neg": ["Tea is bland."]}]
+            {"ent": "tea", "pos": ["Tea is lovely.", "I like a cup."], "neg": ["Tea is bland.", "Not my drink."]}]
     return parse_records("convsent", rows, "hand_convsent.json").records
 
 

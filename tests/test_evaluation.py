@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -19,9 +20,31 @@ def test_score_requests_keys_and_ranges(tiny_llama, cf_records, convsent_records
     for key in ("edit/acc", "port/acc", "loc/gold_acc", "fluency/entropy"):
         assert 0.0 <= cf[key] <= 100.0
     assert "gen/acc" not in cf  # the hand-made CounterFact records have no rephrases
-    assert 0.0 <= cs["sentiment/success"] <= 1.0 and "gen/acc" in cs
+    assert 0.0 <= cs["sentiment/success"] <= 1.0 and "gen/acc" not in cs  # the paper has no ConvSent Generalization
+    # ConvSent's Reliability is its sentiment edit success; the unedited model keeps the topic (z_topic = 1)
+    assert cs["edit/acc"] == cs["sentiment/es"] == pytest.approx(cs["sentiment/z_sent"])
+    assert cs["sentiment/z_topic"] == 1.0 and 0.0 <= cs["edit/token_acc"] <= 1.0
     assert cf["instruction"] == reqs[0].description
     assert (reqs[0].case_id, "loc", 0, 0) in raw
+    assert (reqs[2].case_id, "sent", "t", 0) in raw and (reqs[2].case_id, "sent", "o", 0) not in raw
+    scored, _ = score_requests(model, tok, reqs, reference=raw)  # against its own scores: the same values
+    assert scored[2]["sentiment/es"] == pytest.approx(cs["sentiment/es"]) and scored[2]["loc/acc"] == 1.0
+
+
+def test_convsent_scores_responses_other_than_the_edits_own_target(convsent_records):
+    req = build_requests(convsent_records, instructions=False)[0]  # Moscow, positive; target " I love it."
+    targets, opposite = evaluation.sentiment_responses_of(req, 4)
+    assert req.target == "I love it." and targets == ("Great city.",) and opposite == ("I hate it.", "Too cold.")
+    alone = build_requests([dataclasses.replace(convsent_records[0], positive_responses=("I love it.",))],
+                           instructions=False)[0]
+    with pytest.raises(ValueError, match=r"hand_convsent.json record 0\): no positive response other than"):
+        evaluation.sentiment_responses_of(alone, 4)
+
+
+def test_convsent_locality_is_the_next_topic_with_both_sentiments(convsent_records):
+    probes = convsent_records[0].locality
+    assert [p.prompt for p in probes] == ["What do you think of tea?"] * 4
+    assert [p.answers[0] for p in probes] == ["Tea is lovely.", "Tea is bland.", "I like a cup.", "Not my drink."]
 
 
 def test_locality_against_reference(tiny_llama, cf_records):

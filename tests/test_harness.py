@@ -133,7 +133,7 @@ def test_unedited_scores_are_shared_between_methods_and_base_is_scored_once(tiny
     for req, case in zip(reqs, shared["base"]):
         cases, reference = real(model, tok, [req], **kw)
         again = real(model, tok, [req], reference=reference, **kw)[0][0]
-        assert again["loc/acc"] == 1.0 and again["edit/acc"] == case["edit/acc"]
+        assert again["loc/acc"] == 1.0 and again["edit/acc"] == pytest.approx(case["edit/acc"], abs=1e-6)
         assert again["generation"] == case["generation"]
     calls.clear()
     saved = model.lm_head.weight.detach().clone()
@@ -231,10 +231,11 @@ def test_instruction_switch_follows_the_method(tiny_llama, cf_records, tmp_path,
     assert all(c["instruction"] is None for c in off)
     assert (tmp_path / "multitask" / "summary.csv").is_file()
     assert set(summary["method"]) == {"on", "off"}
-    # the held-out description is the pool's last one; a method without instructions cannot take part
+    # each record draws one of the pool's held-out descriptions (never a seen one); a method without instructions
+    # cannot take part
     cases, _ = experiments.unseen(cfg, model, tok, methods["on"])
     held = [c for c in cases if c["condition"] == "held_out"]
-    assert held and all(c["description_index"] == 9 for c in held)
+    assert held and all(9 <= c["description_index"] < 14 for c in held)
     with pytest.raises(ValueError, match="without instructions"):
         experiments.unseen(cfg, model, tok, methods["off"])
 

@@ -130,7 +130,7 @@ class FakeGenerator:
             raise RuntimeError("generator killed")
         self.calls.append((round_, task))
         good = GOOD[task][round_ - 1] if round_ <= 3 else "Too short"
-        return ([f"1. {good}\n2. Tiny\n3. {default_pool().held_out(task)}\n4. {default_pool().seen(task)[0]}"]
+        return ([f"1. {good}\n2. Tiny\n3. {default_pool().held_out(task)[0]}\n4. {default_pool().seen(task)[0]}"]
                 + ["Also tiny"] * (n - 1))
 
 
@@ -167,7 +167,7 @@ def test_search_selects_filters_stops_and_writes_a_pool_file(tiny_llama, instruc
     assert len(r0) == 18 and set(r0["source"]) == {"hand-written"}  # the 9 seen descriptions of each task
     reasons = hist[hist["status"] == "rejected"].groupby("round")["reason"].apply(list)
     assert all(any(r.startswith("length: 1 words") for r in rs) for rs in reasons)
-    assert all(any(r == "duplicate of the held-out description" for r in rs) for rs in reasons)
+    assert all(any(r == "duplicate of a held-out description" for r in rs) for rs in reasons)
     # round 1 and 3 bring a new best per task, round 2 only a bad one, round 4 nothing: stops after 4 (patience 1)
     assert [r["round"] for r in result.rounds] == [0, 1, 2]
     assert result.stop == "no improvement above 0.01 for 1 round(s)"

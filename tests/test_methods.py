@@ -289,49 +289,78 @@ def _case(method, task, case_id, **metrics):
 
 
 def test_table3_helpers_on_hand_made_cases():
-    import pandas as pd
+    from instructedit_utils import table3
 
+    cases = []
+    for i in range(24):
+        wobble = 0.02 * (i % 3)  # not all cases alike: intervals of width > 0
+        cases.append(_case("instructedit", "cf", f"c{i}", **{"edit/acc": 0.95 + wobble, "gen/acc": 0.94 + wobble,
+                                                            "loc/acc": 0.96 + wobble, "base/edit/acc": 0.0,
+                                                            "base/gen/acc": 0.0}))
+        cases.append(_case("grace", "cf", f"c{i}", **{"edit/acc": 0.95 + wobble, "gen/acc": wobble, "loc/acc": 0.97,
+                                                     "base/edit/acc": 0.0, "base/gen/acc": 0.0}))
+        cases.append(_case("ft-l", "cf", f"c{i}", **{"edit/acc": 0.05 + wobble, "gen/acc": 0.05, "loc/acc": 0.5 + wobble,
+                                                    "base/edit/acc": 0.0, "base/gen/acc": 0.0}))
+        cases.append(_case("mend", "cf", f"c{i}", **{"edit/acc": 0.9 + wobble, "loc/acc": 0.95}))  # no gen/acc
+    paired = table3.paired_against(cases, "instructedit", ("gen/acc",))
+    assert paired.loc[("cf", "Generalization", "grace"), "diff"] == pytest.approx(94.0, abs=0.1)
+    assert list(paired.index.get_level_values("method")) == ["ft-l", "grace"]  # the paper's order
+    lines = table3.method_verdicts(cases, [], done={"mend": {"best_step": 0}, "instructedit": {"best_step": 500}})
+    ft, mend, grace, ie = lines
+    assert ft.startswith("**FT-L**: Reliability 7.0% (gain over Base +7.0 points [")
+    assert "Reliability barely above Base" in ft and "Locality below 85%" in ft
+    assert "Generalization gains less than Reliability" in grace and grace.startswith("**GRACE**")
+    assert "hold-out Reliability —" in grace  # not measured: shown as missing, never as 0.0%
+    assert mend == "**MEND**: not measured (editor did not train) — its best checkpoint is its untrained step 0, " \
+                   "so these numbers describe the initial editor."
+    assert "No resolvable weak side" in ie
+    assert table3.ordered(["instructedit", "x", "base", "grace"]) == ["base", "grace", "instructedit", "x"]
+
+
+def test_paper_comparison_shows_every_measured_cell_beside_both_models():
     from instructedit_utils import table3
     from instructedit_utils.evaluation import summarize
 
-    cases = []
-    for i in range(4):
-        cases.append(_case("instructedit", "cf", f"c{i}", **{"edit/acc": 1.0, "gen/acc": 0.5, "loc/acc": 1.0,
-                                                            "base/edit/acc": 0.0, "base/gen/acc": 0.0}))
-        cases.append(_case("grace", "cf", f"c{i}", **{"edit/acc": 1.0, "gen/acc": 0.0, "loc/acc": 1.0,
-                                                     "base/edit/acc": 0.0, "base/gen/acc": 0.0}))
-        cases.append(_case("ft-l", "cf", f"c{i}", **{"edit/acc": 0.05, "gen/acc": 0.05, "loc/acc": 0.5,
-                                                    "base/edit/acc": 0.0, "base/gen/acc": 0.0}))
-    paired = table3.paired_against(cases, "instructedit", ("gen/acc",))
-    assert paired.loc[("cf", "Generalization", "grace"), "diff"] == 50.0
-    assert list(paired.index.get_level_values("method")) == ["ft-l", "grace"]  # the paper's order
-    summary = summarize(cases, by=("method", "task"), n_boot=50)
-    lines = table3.method_verdicts(summary, pd.DataFrame(columns=summary.columns))
-    assert lines[0].startswith("**FT-L**: Reliability 5.0% (+5.0 points over Base)")
-    assert "Reliability barely above Base" in lines[0] and "Locality below 85%" in lines[0]
-    assert "Generalization gains less than half" in lines[1] and lines[1].startswith("**GRACE**")
-    assert "No weak side" in lines[2]
-    assert table3.ordered(["instructedit", "x", "base", "grace"]) == ["base", "grace", "instructedit", "x"]
-    holdout = summarize([_case("mend", "zsre", "z0", **{"edit/acc": 0.5})], by=("method", "task"), n_boot=10)
-    comparison = table3.paper_comparison({"holdout": holdout})
-    mend = comparison[comparison["method"] == "MEND"].iloc[0]
-    assert mend["paper (GPT2-XL)"] == 40.79 and mend["ours"] == 50.0
-    assert comparison[comparison["method"] == "InstructEdit"]["ours"].isna().all()
+    holdout = summarize([_case("mend", "zsre", f"z{i}", **{"edit/acc": 0.5}) for i in range(3)],
+                        by=("method", "task"), n_boot=10)
+    multitask = summarize([_case("instructedit", "convsent", "c", **{"fluency/entropy": 6.0, "edit/acc": 0.6})],
+                          by=("method", "task"), n_boot=10)
+    comparison = table3.paper_comparison({"holdout": holdout, "multitask": multitask}).set_index(["task", "method",
+                                                                                                 "metric"])
+    mend = comparison.loc[("zsre", "MEND", "Reliability")]
+    assert mend["paper GPT2-XL"] == 40.79 and mend["paper LLaMA-2"] == 76.95 and mend["ours"] == 50.0
+    fluency = comparison.loc[("convsent", "InstructEdit", "Fluency")]
+    assert fluency["paper GPT2-XL"] == 617.65 and fluency["ours"] == 600.0  # the paper's scale: bits × 100
+    assert fluency["paper LLaMA-2"] == "—"  # the paper has no LLaMA-2 ConvSent row
+    assert len(comparison) == 3  # only cells we measure
 
 
 def test_paper_claims_are_computed_from_paired_cases():
     from instructedit_utils import table3
 
     def cases(method, rel, gen=0.0):
-        return [_case(method, "cf", f"c{i}", **{"edit/acc": rel + 0.01 * (i % 3), "gen/acc": gen, "base/edit/acc": 0.0,
-                                               "base/gen/acc": 0.0}) for i in range(12)]
-    mt = cases("instructedit", 0.9) + cases("grace", 0.95) + cases("ft-l", 0.1)
-    ho = cases("instructedit", 0.8) + cases("grace", 0.2) + cases("ft-l", 0.8)
-    ft, grace = table3.paper_claims(mt, ho)
+        return [_case(method, "cf", f"c{i}", **{"edit/acc": rel + 0.01 * (i % 3), "gen/acc": gen + 0.01 * (i % 2),
+                                               "base/edit/acc": 0.0, "base/gen/acc": 0.0}) for i in range(24)]
+    mt = cases("instructedit", 0.9) + cases("grace", 0.95) + cases("ft-l", 0.1) + cases("ke", 0.5)
+    ho = cases("instructedit", 0.8) + cases("grace", 0.2) + cases("ft-l", 0.8) + cases("ke", 0.3)
+    ft, ke, grace = table3.paper_claims(mt, ho, done={"ke": {"best_step": 0}, "instructedit": {"best_step": 250}})
     assert ft.startswith("**FT-L**") and "hold-out Reliability: not resolved" in ft
-    assert "multi-task Reliability: holds" in ft
-    assert "hold-out Reliability: holds (+60.0 points" in grace and "multi-task Reliability: reversed" in grace
-    assert "Generalization near Base: holds" in grace
+    assert "multi-task Reliability: reproduced (+80.0 points" in ft
+    assert "hold-out Reliability: reproduced (+60.0 points" in grace and "multi-task Reliability: reverse holds" in grace
+    assert "Generalization equivalent to Base's (the paper: GRACE falls short in Generalization): equivalent" in grace
+    assert "hold-out Reliability: not measured (editor did not train) (best step 0: ke" in ke
+    few = table3.paper_claims(cases("instructedit", 0.9)[:3] + cases("ft-l", 0.1)[:3], [])
+    assert "multi-task Reliability: not resolved (n < 20)" in few[0]
+
+
+def test_task_average_difference_weighs_tasks_equally():
+    from instructedit_utils import table3
+
+    cases = [_case(m, t, f"{t}{i}", **{"edit/acc": v}) for t, n, gain in (("a", 30, 0.1), ("b", 10, 0.5))
+             for i in range(n) for m, v in (("mend", 0.2), ("instructedit", 0.2 + gain))]
+    d = table3.task_average_difference(cases, "mend", "instructedit")
+    assert d["diff"] == pytest.approx(0.3) and d["per_task"] == pytest.approx({"a": 0.1, "b": 0.5})
+    assert d["ci_low"] == pytest.approx(0.3) and d["n"] == 40  # no spread within a task: a point interval
 
 
 def test_success_gaps_pair_teacher_forced_and_greedy_success_on_the_same_cases():

@@ -3,7 +3,8 @@ import math
 import pytest
 
 from instructedit_utils.metrics import (TargetScore, bootstrap_ci, encode_pair, join_prompt_target,
-                                        locality_agreement, ngram_entropy, score_targets, sentiment_success)
+                                        locality_agreement, ngram_entropy, score_targets, sentiment_edit_success,
+                                        sentiment_success)
 from conftest import NextTokenModel
 
 
@@ -107,3 +108,23 @@ def test_generation_success_refuses_an_empty_target():
 
     with pytest.raises(ValueError, match="non-empty target"):
         generation_success("x", " . ")
+
+
+def test_sentiment_edit_success_hand_computed():
+    # token means: target after -1.0 (over 3 tokens of two responses), opposite after -3.0, target before -2.0
+    after_t, after_o, before_t = [[-0.5, -1.5], [-1.0]], [[-3.0], [-2.0, -4.0]], [[-2.0], [-2.5, -1.5]]
+    got = sentiment_edit_success(after_t, after_o, before_t)
+    z_sent = 1 / (1 + math.exp(-2.0))  # sigmoid(-1 - (-3))
+    assert got["sentiment/z_sent"] == pytest.approx(z_sent)
+    assert got["sentiment/z_topic"] == 1.0  # exp(-1 - (-2)) = e > 1, capped at 1
+    assert got["sentiment/es"] == pytest.approx(z_sent)
+    # the edit made the topic's target responses less likely: z_topic = exp(-1.0 - (-0.5)) = exp(-0.5)
+    lower = sentiment_edit_success(after_t, after_o, [[-0.5], [-0.5]])
+    assert lower["sentiment/z_topic"] == pytest.approx(math.exp(-0.5))
+    assert lower["sentiment/es"] == pytest.approx(z_sent * math.exp(-0.5))
+    # token-level pooling, not a mean of per-response means: (-0.5 - 1.5 - 1.0) / 3 = -1.0, not (-1.0 - 1.0) / 2
+    pooled = sentiment_edit_success([[-0.5, -1.5, -4.0], [-1.0]], [[-2.0]])
+    assert pooled["sentiment/z_sent"] == pytest.approx(1 / (1 + math.exp(-(-7.0 / 4 + 2.0))))
+    assert pooled["sentiment/z_topic"] == 1.0  # no reference: the unedited model itself
+    with pytest.raises(ValueError, match="at least one response token"):
+        sentiment_edit_success([], [[-1.0]])

@@ -24,7 +24,7 @@ def _records():
     ], "hand_cf.json", split="train").records
     cs = parse_records("convsent", [
         {"ent": "Moscow", "pos": [" I love it. ", "Great city."], "neg": ["I hate it.", "Too cold."]},
-        {"ent": "tea", "pos": ["Tea is lovely."], "neg": ["Tea is bland."]},
+        {"ent": "tea", "pos": ["Tea is lovely.", "I like a cup."], "neg": ["Tea is bland.", "Not my drink."]},
     ], "hand_convsent.json", split="train").records
     return {"counterfact": cf, "convsent": cs}
 
@@ -164,6 +164,41 @@ def test_validation_metrics_hand_computed():
     assert m["val/score"] == pytest.approx(((0.5 + 0.5 + 0.75) / 3 + (1.0 + 0.0) / 2) / 2)
 
 
+def test_checkpoint_selection_sees_convsent_learn(tiny_llama, tmp_path, monkeypatch):
+    """A ConvSent-only validation where the target response's token accuracy falls from 1 to 0 while the sentiment
+    edit success rises: selecting by token accuracy kept the untrained step 0; the trainer must keep the last step."""
+    from instructedit_utils.evaluation import TargetScore, _case, sentiment_responses_of
+
+    model, tok = tiny_llama
+    calls = []
+
+    def validation(editor, model, tokenizer, requests, reference, **kw):  # what validation step k scores
+        k = len(calls)
+        calls.append(k)
+        cases = []
+        for req in requests:
+            n_t = len(sentiment_responses_of(req, kw["sentiment_responses"])[0])
+            pre = [reference[(req.case_id, "sent", "t", j)] for j in range(n_t)]
+            shift = lambda sc, d: TargetScore(sc.targets, sc.predictions, tuple(lp + d for lp in sc.logprobs))
+            g = {"edit": {(): TargetScore((1, 2), (1, 2) if k == 0 else (0, 0), (-1.0, -1.0))}, "gen": {},
+                 "port": {}, "loc": {key[2:]: sc for key, sc in reference.items()
+                                     if key[0] == req.case_id and key[1] == "loc"},
+                 "sent": {**{("t", j): shift(sc, 0.5 * k) for j, sc in enumerate(pre)},
+                          **{("o", j): shift(sc, -0.5 * k) for j, sc in enumerate(pre)}}}
+            cases.append(_case(req, g, reference))
+        return cases
+
+    monkeypatch.setattr(training, "edit_and_score", validation)
+    records = {"convsent": _records()["convsent"]}
+    val = build_requests(records["convsent"], instructions=True, seed=0)
+    result = training.train_editor(model, tok, _config(tasks=("convsent",)), tmp_path / "cs", edit_layers=(2, 3),
+                                   train_records=records, val_requests=val, progress=False, log=None)
+    log = result.val_log().set_index("step")
+    assert list(log["val/convsent/edit/token_acc"]) == [1.0, 0.0, 0.0]  # token accuracy falls ...
+    assert log["val/convsent/edit/acc"].is_monotonic_increasing  # ... while the sentiment edit succeeds more
+    assert result.summary["best_step"] == 6 and log.loc[6, "val/score"] == result.summary["best"]
+
+
 def test_losses_hand_computed():
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]))
     targets = torch.tensor([0, 1])
@@ -269,5 +304,8 @@ def test_validation_through_the_split_forward_equals_plain_scoring(fixture, requ
         result = editor.edit(model, tok, req.prompt, req.target, header=req.header)
         with applied(model, result.deltas):
             plain = score_requests(model, tok, [req], reference=reference)[0][0]
-        for k in ("edit/acc", "gen/acc", "loc/acc", "sentiment/success"):
-            assert case.get(k) == pytest.approx(plain.get(k), abs=1e-9), (req.case_id, k)
+        for k in ("edit/acc", "gen/acc", "loc/acc", "sentiment/success", "edit/token_acc"):
+            # token accuracies and rankings exactly; ConvSent's edit success is continuous in the log-probabilities,
+            # which the split forward reproduces to float rounding
+            tol = 1e-6 if req.task == "convsent" and k == "edit/acc" else 1e-9
+            assert case.get(k) == pytest.approx(plain.get(k), abs=tol), (req.case_id, k)
