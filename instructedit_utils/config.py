@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from . import paper
 from .data import TASKS, task_spec
 from .instructions import load_pool, read_descriptions
 from .paths import display_path, project_path
@@ -81,6 +82,8 @@ class ExperimentConfig:
     descriptions_file: str | None = None  # external descriptions to test (unseen-instruction setting)
     instructions_file: str | None = None  # the instruction pool requests draw descriptions from (None: the package's)
     single_task_steps: int | None = None  # steps of each single-task editor (None: the multi-task budget)
+    single_tasks: tuple[str, ...] | None = None  # tasks with a single-task editor (Table 1; None: the training tasks)
+    transfer_tasks: tuple[str, ...] = ("counterfact", "zsre")  # Table 1's test tasks (the paper's blocks)
     transfer_instructions: bool = False  # single-task editors with instructions (InstructEdit) or without (MEND)
 
     def __post_init__(self):
@@ -136,6 +139,15 @@ class ExperimentConfig:
                 self.method = dataclasses.replace(self.method, instructions_file=self.instructions_file)
         if self.single_task_steps is not None and self.single_task_steps < 1:
             raise ValueError("single_task_steps must be >= 1 or None")
+        if self.single_tasks is not None:
+            self.single_tasks = tuple(self.single_tasks)
+            for task in self.single_tasks:
+                if "train" not in task_spec(task).splits or "val" not in task_spec(task).splits:
+                    raise ValueError(f"single_tasks: {task!r} has no train/val split to train an editor on")
+        self.transfer_tasks = tuple(self.transfer_tasks)
+        for task in self.transfer_tasks:
+            if "test" not in task_spec(task).splits:
+                raise ValueError(f"transfer_tasks: {task!r} has no test split")
         if self.mixtures is not None:
             self.mixtures.check_tasks(self.method.tasks if self.method is not None else MethodConfig().tasks)
 
@@ -214,8 +226,10 @@ class ExperimentConfig:
         return out
 
     def single_task_configs(self, use_instructions: bool = True) -> dict[str, "MethodConfig"]:
-        """One single-task editor per training task (Table 1 / Fig. 4): ``<instructedit|mend>-<task>``, the
-        multi-task hyperparameters with :attr:`single_task_steps` steps (None: the multi-task budget)."""
+        """One single-task editor per task of :attr:`single_tasks` (default: the training tasks; Table 1 / Fig. 4):
+        ``<instructedit|mend>-<task>``, the multi-task hyperparameters with :attr:`single_task_steps` steps (None:
+        the multi-task budget). A hold-out task may have one (ZsRE: Table 1's in-task editor), trained on its own
+        train split; no multi-task editor ever sees that task."""
         if self.method is None:
             raise ValueError("This experiment has no method config (no editor parameters were given)")
         prefix = "instructedit" if use_instructions else "mend"
@@ -223,7 +237,7 @@ class ExperimentConfig:
         return {f"{prefix}-{task}": dataclasses.replace(self.method, name=f"{prefix}-{task}", tasks=(task,),
                                                         task_weights=None, use_instructions=use_instructions,
                                                         steps=steps)
-                for task in self.method.tasks}
+                for task in self.single_tasks or self.method.tasks}
 
     def training_configs(self) -> dict[str, "MethodConfig"]:
         """Every editor chapter 2 trains, in one pool of workers: the multi-task editors (:meth:`editor_configs`),
@@ -276,6 +290,9 @@ class GradientConfig:
     sketch_seed: int = 0
     matrices: tuple[str, ...] | None = None  # edited matrices whose areas are analysed (None: all of them)
     single_task: bool = True  # also the single-task editors of chapter 4 (each task through its own editor)
+    # also each editor of `methods` as its training started (step 0): what the instruction text alone separates,
+    # Finding 1's control
+    untrained_control: bool = True
     edit_batch: int = 16  # edits whose gradients one batched forward/backward pass computes
     tsne_perplexity: float = 30.0
     knn: int = 10  # neighbours for the k-nearest-neighbour task purity
@@ -294,11 +311,13 @@ class GradientConfig:
                 raise ValueError("GradientConfig.matrices is empty (None: every edited matrix)")
 
 
-#: Training-set sizes of the paper's tasks (records): WikiData Recent 570 and WikiData CounterFact 1,455 (KnowEdit's
-#: dataset card, huggingface.co/datasets/zjunlp/KnowEdit), ConvSent 14,390 (KnowEdit, Zhang et al. 2024,
-#: arXiv:2401.01286, its dataset table). Drawn in these proportions, ConvSent is 88% of the training edits: the
-#: "ConvSent-dominated" mixture of the paper's Fig. 4d, which then balanced ConvSent to 1,427 records.
-PAPER_TRAIN_SIZES = {"recent": 570, "counterfact": 1455, "convsent": 14390}
+#: Training-set sizes of the paper's tasks (records; KnowEdit's dataset table, which the paper's text does not print:
+#: :func:`instructedit_utils.paper.train_sizes`). Drawn in these proportions, ConvSent is most of the training edits:
+#: the "ConvSent-dominated" mixture of the paper's Fig. 4d.
+PAPER_TRAIN_SIZES = paper.train_sizes()
+#: The paper's balanced training set (Fig. 4d): Recent and CounterFact whole, ConvSent cut to the size the caption
+#: gives (:func:`instructedit_utils.paper.balanced_sizes`).
+PAPER_BALANCED_SIZES = paper.balanced_sizes()
 
 
 @dataclass
@@ -308,8 +327,9 @@ class MixtureConfig:
     * **Task scaling**: InstructEdit and MEND editors trained on the first 1, 2, ... tasks of :attr:`scaling_order`
       (uniform task weights), one per seed of :attr:`scaling_seeds`.
     * **Balance**: InstructEdit on all training tasks with tasks drawn in proportion to :attr:`dominant_weights`
-      (default: the paper's training-set sizes, ConvSent-dominated) against the uniform mixture (the book's default),
-      one pair per seed of :attr:`balance_seeds`.
+      (default: the paper's training-set sizes, ConvSent-dominated) against tasks drawn in proportion to
+      :attr:`balanced_weights` (default: the paper's balanced set, Fig. 4d), one pair per seed of
+      :attr:`balance_seeds`; and the uniform mixture (the book's default) for each seed of :attr:`uniform_seeds`.
 
     Every mixture editor has the multi-task hyperparameters and :attr:`mixture_steps` steps (None: the multi-task
     budget). An editor whose training config another editor of chapter 2 already has is not trained twice; one that
@@ -319,23 +339,28 @@ class MixtureConfig:
     scaling_order: tuple[str, ...] = ("recent", "counterfact", "convsent")  # tasks added one at a time (Fig. 4c)
     scaling_seeds: tuple[int, ...] = (0,)
     dominant_weights: dict[str, float] | None = None  # None: PAPER_TRAIN_SIZES
+    balanced_weights: dict[str, float] | None = None  # None: PAPER_BALANCED_SIZES
     balance_seeds: tuple[int, ...] = (0,)
+    uniform_seeds: tuple[int, ...] | None = None  # seeds of the uniform arm (None: balance_seeds)
     mixture_steps: int | None = None  # steps of every mixture editor (None: the multi-task budget)
 
     def __post_init__(self):
         self.scaling_order = tuple(self.scaling_order)
         if not self.scaling_order or len(set(self.scaling_order)) != len(self.scaling_order):
             raise ValueError(f"MixtureConfig.scaling_order must name distinct tasks, got {self.scaling_order}")
-        for name in ("scaling_seeds", "balance_seeds"):
+        if self.uniform_seeds is None:
+            self.uniform_seeds = self.balance_seeds
+        for name in ("scaling_seeds", "balance_seeds", "uniform_seeds"):
             seeds = tuple(int(s) for s in getattr(self, name))
             if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
                 raise ValueError(f"MixtureConfig.{name} must be distinct seeds >= 0, got {seeds}")
             setattr(self, name, seeds)
-        if self.dominant_weights is not None:
-            self.dominant_weights = {str(k): float(v) for k, v in self.dominant_weights.items()}
-        weights = self.weights()
-        if any(not w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
-            raise ValueError(f"MixtureConfig.dominant_weights must be >= 0 and not all zero, got {weights}")
+        for name in ("dominant_weights", "balanced_weights"):
+            if getattr(self, name) is not None:
+                setattr(self, name, {str(k): float(v) for k, v in getattr(self, name).items()})
+        for name, weights in (("dominant_weights", self.weights()), ("balanced_weights", self.balanced())):
+            if any(not w >= 0 for w in weights.values()) or sum(weights.values()) <= 0:
+                raise ValueError(f"MixtureConfig.{name} must be >= 0 and not all zero, got {weights}")
         if self.mixture_steps is not None and self.mixture_steps < 1:
             raise ValueError("MixtureConfig.mixture_steps must be >= 1 or None")
 
@@ -343,17 +368,23 @@ class MixtureConfig:
         """The ConvSent-dominated mixture's task weights."""
         return dict(self.dominant_weights if self.dominant_weights is not None else PAPER_TRAIN_SIZES)
 
+    def balanced(self) -> dict[str, float]:
+        """The balanced mixture's task weights."""
+        return dict(self.balanced_weights if self.balanced_weights is not None else PAPER_BALANCED_SIZES)
+
     def check_tasks(self, train_tasks: Sequence[str]) -> None:
         """Every task named here must be a training task of the editors."""
-        for what, tasks in (("scaling_order", self.scaling_order), ("dominant_weights", self.weights())):
+        for what, tasks in (("scaling_order", self.scaling_order), ("dominant_weights", self.weights()),
+                            ("balanced_weights", self.balanced())):
             unknown = [t for t in tasks if t not in train_tasks]
             if unknown:
                 raise ValueError(f"MixtureConfig.{what} names task(s) {unknown} that are not training tasks "
                                  f"{list(train_tasks)}")
-        if self.dominant_weights is None:
-            missing = [t for t in train_tasks if t not in PAPER_TRAIN_SIZES]
-            if missing:
-                raise ValueError(f"No paper training-set size for {missing}: give dominant_weights")
+        for what, own, paper_sizes in (("dominant_weights", self.dominant_weights, PAPER_TRAIN_SIZES),
+                                       ("balanced_weights", self.balanced_weights, PAPER_BALANCED_SIZES)):
+            missing = [t for t in train_tasks if t not in paper_sizes]
+            if own is None and missing:
+                raise ValueError(f"No paper training-set size for {missing}: give {what}")
 
 
 PATH_FIELDS = ("run_dir", "data_dir", "editors_dir", "descriptions_file", "instructions_file")

@@ -312,10 +312,14 @@ class MendEditor(nn.Module):
         with self._hooks(model, make_hook):
             yield store
 
+    def blocks(self, model: nn.Module) -> tuple[int, ...]:
+        """Indices of the transformer blocks of ``model`` with an edited matrix, in order."""
+        layers_path = arch_spec(model).layers_path
+        return tuple(sorted({int(t.name[len(layers_path) + 1:].split(".")[0]) for t in self.targets}))
+
     def first_block(self, model: nn.Module) -> int:
         """Index of the lowest transformer block of ``model`` with an edited matrix."""
-        layers_path = arch_spec(model).layers_path
-        return min(int(t.name[len(layers_path) + 1:].split(".")[0]) for t in self.targets)
+        return self.blocks(model)[0]
 
     def runner(self, model: nn.Module):
         """The forward runner for ``model``: a :class:`~instructedit_utils.forward.SplitForward` starting at the lowest

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from . import baselines
+from . import baselines, paper, verdicts
 from .baselines import EditingMethod
 from .config import ExperimentConfig
-from .evaluation import evaluate_method, summarize, task_requests
+from .evaluation import evaluate_method, metric_label, paired_difference, summarize, task_requests
 from .instructions import read_descriptions  # noqa: F401  (part of this module's API: external descriptions)
 from .runs import RunFolder, SettingsMismatch
 
@@ -239,15 +239,30 @@ def unseen(cfg: ExperimentConfig, model, tokenizer, method: EditingMethod | None
 
 
 def single_task_names(cfg: ExperimentConfig) -> list[str]:
-    """The single-task editors chapter 2 trained for the tasks of ``cfg.tasks`` (``mend-<task>``, or
-    ``instructedit-<task>`` when its ``transfer_instructions`` was on; read from its ``params.json``)."""
+    """The single-task editors chapter 2 trained (``mend-<task>``, or ``instructedit-<task>`` when its
+    ``transfer_instructions`` was on; one per task of its ``single_tasks``, read from its ``params.json``)."""
+    trained = chapter2_params(cfg)
+    prefix = "instructedit" if trained.get("transfer_instructions") else "mend"
+    return [f"{prefix}-{task}" for task in trained.get("single_tasks") or trained["method"]["tasks"]]
+
+
+def chapter2_params(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Chapter 2's ``params.json`` (what it trained)."""
     params = editors_dir(cfg) / "params.json"
     if not params.is_file():
         raise FileNotFoundError(f"No {params}: run notebook {EDITORS_NOTEBOOK} first (it trains the single-task "
                                 "editors with the multi-task editors)")
-    trained = json.loads(params.read_text())
-    prefix = "instructedit" if trained.get("transfer_instructions") else "mend"
-    return [f"{prefix}-{task}" for task in cfg.tasks if task in trained["method"]["tasks"]]
+    return json.loads(params.read_text())
+
+
+def editor_done(cfg: ExperimentConfig, names: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """Each trained editor's ``done.json`` in chapter 2's run folder (None where it has none): its best step says
+    whether it trained (:func:`~instructedit_utils.verdicts.trained`)."""
+    out = {}
+    for name in names:
+        path = editors_dir(cfg) / name / "done.json"
+        out[name] = json.loads(path.read_text()) if path.is_file() else None
+    return out
 
 
 def single_task_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, EditingMethod]:
@@ -255,18 +270,146 @@ def single_task_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, Ed
     return load_methods(cfg, model, tokenizer, single_task_names(cfg))
 
 
+def trained_task(method: EditingMethod) -> str:
+    """The one task a single-task editor was trained on."""
+    tasks = method.editor.config.tasks
+    if len(tasks) != 1:
+        raise ValueError(f"{method.name} was trained on {list(tasks)}, not on one task")
+    return tasks[0]
+
+
+def transfer_jobs(cfg: ExperimentConfig, methods: Mapping[str, EditingMethod]) -> dict[str, tuple[str, ...]]:
+    """The test tasks of each single-task editor: Table 1's blocks (``cfg.transfer_tasks``) and its own task (its
+    in-task value, which chapter 6 reads), in the order of :attr:`~ExperimentConfig.transfer_tasks`."""
+    return {name: tuple(dict.fromkeys([*cfg.transfer_tasks, trained_task(m)])) for name, m in methods.items()}
+
+
+def transfer_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Table 1 tests on test splits only: a hold-out task's single-task editor trained on its train split, so its
+    records come from its test split (ZsRE's 200), never from all of it."""
+    return dataclasses.replace(cfg, holdout_split="test")
+
+
 def transfer(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, EditingMethod] | None = None,
              progress: Callable | None = None) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """Each single-task editor on the test split of every training task; summary rows carry ``train_task``. The
-    editors of chapter 2 (default) are evaluated side by side in ``cfg.workers`` processes."""
+    """Each single-task editor on the test split of Table 1's test tasks and of its own task
+    (:func:`transfer_jobs`); summary rows carry ``train_task``. The editors of chapter 2 (default) are evaluated side
+    by side in ``cfg.workers`` processes."""
     parallel = methods is None
     methods = methods if methods is not None else single_task_editors(cfg, model, tokenizer)
-    run_cfg = dataclasses.replace(cfg, methods=tuple(methods)) if parallel else cfg
-    cases = evaluate_setting(run_cfg, "transfer", methods, model, tokenizer, cfg.tasks, progress=progress,
-                             parallel=parallel)
+    run_cfg = transfer_config(dataclasses.replace(cfg, methods=tuple(methods)) if parallel else cfg)
+    jobs = transfer_jobs(run_cfg, methods)
+    if parallel:
+        evaluate_in_workers("transfer", [Job(run_cfg, name, tasks) for name, tasks in jobs.items()], methods)
+    cases = []
+    for name, tasks in jobs.items():
+        cases += evaluate_setting(run_cfg, "transfer", {name: methods[name]}, model, tokenizer, tasks,
+                                  progress=progress)
     for c in cases:
-        c["train_task"] = c["method"].split("-", 1)[1]
+        c["train_task"] = trained_task(methods[c["method"]])
     return cases, _summary(cfg, "transfer", cases, ("train_task", "task"))
+
+
+TRANSFER_METRICS = ("edit/acc", "gen/acc", "port/acc")  # Table 1's columns
+
+
+def transfer_drops(cases: Sequence[dict[str, Any]], test_tasks: Sequence[str], metrics: Sequence[str] =
+                   TRANSFER_METRICS, seed: int = 0) -> pd.DataFrame:
+    """Table 1 as the paper reports it: per test task, the in-task single-task editor's value (``kind`` in-task,
+    ``diff`` its mean) and, for every editor trained on another task, its change against the in-task editor on the
+    same records (``kind`` drop: other − in-task, paired, 95% CI). Rows: ``test_task``, ``train_task``, ``kind``,
+    ``metric``, ``diff``, ``ci_low``, ``ci_high``, ``n``, ``a`` (in-task editor), ``b``."""
+    from .metrics import bootstrap_ci
+
+    rows = []
+    editors = {c["train_task"]: c["method"] for c in cases}
+    for test in test_tasks:
+        own = editors.get(test)
+        here = [c for c in cases if c["task"] == test]
+        if own is None or not here:
+            continue
+        for metric in metrics:
+            values = [c[metric] for c in here if c["method"] == own and c.get(metric) is not None]
+            if values:
+                mean, lo, hi = bootstrap_ci(values, seed=seed)
+                rows.append({"test_task": test, "train_task": test, "kind": "in-task", "metric": metric, "diff": mean,
+                             "ci_low": lo, "ci_high": hi, "n": len(values), "a": own, "b": own})
+            for train, other in editors.items():
+                if train == test:
+                    continue
+                d = paired_difference(here, metric, "method", own, other, seed=seed)
+                if len(d):
+                    r = d.iloc[0]
+                    rows.append({"test_task": test, "train_task": train, "kind": "drop", "metric": metric,
+                                 **{k: r[k] for k in ("diff", "ci_low", "ci_high", "n", "a", "b")}})
+    return pd.DataFrame(rows)
+
+
+def unseen_differences(cases: Sequence[dict[str, Any]], metrics: Sequence[str] = ("edit/acc", "gen/acc",
+                       "loc/acc"), seed: int = 0) -> pd.DataFrame:
+    """Fig. 3 as an equivalence question: held-out − seen description per task and metric on the same records,
+    with the 95% interval (``ci_low``/``ci_high``) and the 90% interval (``ci90_low``/``ci90_high``) two one-sided
+    tests need (:func:`~instructedit_utils.verdicts.equivalence`)."""
+    frames = []
+    for metric in metrics:
+        d95 = paired_difference(cases, metric, "condition", "seen", "held_out", seed=seed)
+        d90 = paired_difference(cases, metric, "condition", "seen", "held_out", seed=seed, alpha=0.10)
+        if len(d95):
+            frames.append(d95.assign(ci90_low=d90["ci_low"].to_numpy(), ci90_high=d90["ci_high"].to_numpy()))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def unseen_verdicts(diffs: pd.DataFrame, metrics: Sequence[str] = ("edit/acc",), margin: float | None = None
+                    ) -> pd.DataFrame:
+    """Per task and metric, the equivalence verdict of :func:`unseen_differences`' rows: word and evidence."""
+    rows = []
+    part = diffs[diffs["metric"].isin(metrics)] if len(diffs) else diffs
+    for r in part.to_dict("records"):
+        r90 = {**r, "ci_low": r["ci90_low"], "ci_high": r["ci90_high"]}
+        v = verdicts.equivalence(r90, r, **({} if margin is None else {"margin": margin}))
+        rows.append({"task": r["task"], "metric": r["metric"], "verdict": v.word, "evidence": v.evidence})
+    return pd.DataFrame(rows, columns=["task", "metric", "verdict", "evidence"])
+
+
+def table1_comparison(drops: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 beside the paper's: per test task and training task, our in-task value or change against the in-task
+    editor (points, paired 95% CI) and the paper's GPT2-XL cell, for each of Table 1's metrics; rows the paper lacks
+    show — in its columns."""
+    cells = paper.table1().set_index(["test_task", "train_task", "metric"])["printed"]
+    rows = []
+    for (test, train), part in drops.groupby(["test_task", "train_task"], sort=False):
+        row = {"test task": test, "trained on": train, "kind": part["kind"].iloc[0]}
+        for r in part.itertuples():
+            label = metric_label(r.metric)
+            row[f"{label} (ours)"] = f"{100 * r.diff:+.1f} [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]" \
+                if r.kind == "drop" else f"{100 * r.diff:.1f} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]"
+            row[f"{label} (paper)"] = cells.get((test, train, r.metric), "—")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["test task", "trained on"]).fillna("—") if rows else pd.DataFrame()
+
+
+def table1_verdicts(drops: pd.DataFrame, done: Mapping[str, Mapping[str, Any] | None] | None = None,
+                    metric: str = "edit/acc") -> pd.DataFrame:
+    """The paper's Table 1 claim on each of its (test task, other editor) pairs: the editor trained on another
+    task edits the test task worse than the in-task editor — :data:`~instructedit_utils.verdicts.REPRODUCED` when the
+    paired change's interval lies below 0 (:func:`~instructedit_utils.verdicts.direction` of in-task − other); with
+    ``done`` (editor → its ``done.json``) a pair resting on an editor that did not train is not measured."""
+    pairs = paper.table1()
+    pairs = pairs[pairs["kind"] == "drop"][["test_task", "train_task"]].drop_duplicates()
+    rows = []
+    for test, train in pairs.itertuples(index=False):
+        part = drops[(drops["test_task"] == test) & (drops["train_task"] == train) & (drops["metric"] == metric)
+                     & (drops["kind"] == "drop")] if len(drops) else drops
+        if not len(part):
+            rows.append({"test_task": test, "train_task": train, "verdict": verdicts.MISSING, "evidence": ""})
+            continue
+        r = part.iloc[0].to_dict()
+        v = verdicts.direction({**r, "diff": -r["diff"], "ci_low": -r["ci_high"], "ci_high": -r["ci_low"]})
+        v = verdicts.Verdict(v.word, f"change {verdicts.interval_text(r)}") if v.measured else v
+        if done is not None:
+            v = verdicts.gate(v, {r["a"]: done.get(r["a"]), r["b"]: done.get(r["b"])})
+        rows.append({"test_task": test, "train_task": train, "verdict": v.word, "evidence": v.evidence})
+    return pd.DataFrame(rows, columns=["test_task", "train_task", "verdict", "evidence"])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -285,16 +428,31 @@ class GradientEditor:
     group: str
 
 
+UNTRAINED_SUFFIX = "@0"  # an editor's step 0 (chapter 6's control): "<name>@0"
+
+
 def gradient_editors(cfg: ExperimentConfig, model, tokenizer) -> dict[str, GradientEditor]:
-    """The editors of chapter 6: each of ``cfg.methods`` on every task (training + hold-out) and, with
-    ``cfg.gradients.single_task``, each single-task editor on the task it was trained on."""
+    """The editors of chapter 6: each of ``cfg.methods`` on every task (training + hold-out); with
+    ``cfg.gradients.untrained_control``, each of them as its training started (``<name>@0``, rebuilt with
+    :func:`~instructedit_utils.training.initial_editor`: the same inputs, instructions included, through an
+    untrained editor); with ``cfg.gradients.single_task``, each single-task editor on the task it was trained on."""
+    from .baselines import TrainedEditor
+    from .training import initial_editor
+
     if "base" in cfg.methods:
         raise ValueError("methods: 'base' makes no edit, so it has no editing gradient; name trained editors")
     all_tasks = tuple(dict.fromkeys(cfg.tasks + cfg.holdout_tasks))
     out = {name: GradientEditor(m, all_tasks, name) for name, m in load_methods(cfg, model, tokenizer).items()}
+    if cfg.gradients is not None and cfg.gradients.untrained_control:
+        for name in list(out):
+            trained = out[name].method.editor
+            start = initial_editor(model, tokenizer, trained.config, data_dir=cfg.data_dir,
+                                   edit_layers=trained.blocks(model))
+            out[name + UNTRAINED_SUFFIX] = GradientEditor(TrainedEditor(start, model, name + UNTRAINED_SUFFIX),
+                                                          all_tasks, name + UNTRAINED_SUFFIX)
     if cfg.gradients is not None and cfg.gradients.single_task:
         for name, m in single_task_editors(cfg, model, tokenizer).items():
-            task = m.editor.config.tasks[0]
+            task = trained_task(m)
             if task in all_tasks:
                 out[name] = GradientEditor(m, (task,), SINGLE_TASK_GROUP)
     return out

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from . import verdicts
 from .config import ExperimentConfig, MethodConfig
 from .data import EditRecord, load_task, sample
 from .evaluation import paired_difference
@@ -461,14 +462,11 @@ def compare_pools(cfg: ExperimentConfig, model, tokenizer, result: SearchResult,
 
 
 def verdict(diffs: pd.DataFrame, condition: str = OPTIMISED) -> tuple[str, pd.Series]:
-    """Whether ``condition`` beat the hand-written pool: the 95% interval of the paired score difference over all
-    tasks is above 0 ("helped"), below 0 ("hurt") or contains 0 ("no difference resolved")."""
-    from .mixtures import interval_word
-
+    """Whether ``condition`` beat the hand-written pool, by :func:`~instructedit_utils.verdicts.side` of the paired
+    score difference over all tasks: "helped", "hurt", or not resolved (the interval contains 0, or too few
+    records)."""
     row = diffs[(diffs["b"] == condition) & (diffs["metric"] == SCORE) & (diffs["task"] == "all tasks")].iloc[0]
-    word = {"holds": "helped", "does not hold": "hurt", "inconclusive": "no difference resolved"}[
-        interval_word(row["ci_low"], row["ci_high"])]
-    return word, row
+    return verdicts.side(row, above="helped", below="hurt"), row
 
 
 def summary_markdown(cfg: ExperimentConfig, result: SearchResult, diffs: pd.DataFrame, finetuned: bool = False,

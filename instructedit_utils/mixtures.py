@@ -6,8 +6,9 @@ MixtureConfig` in its parameters; :meth:`ExperimentConfig.training_configs` adds
 * **task scaling** — InstructEdit and MEND trained on Recent, on Recent + CounterFact and on all three training
   tasks (the order of ``scaling_order``), same budget and hyperparameters, tested on the hold-out ZsRE and on every
   training task;
-* **data balance** — InstructEdit with tasks drawn uniformly (the book's default) against tasks drawn in proportion
-  to the paper's training-set sizes (ConvSent-dominated), one pair per seed.
+* **data balance** — InstructEdit with tasks drawn in proportion to the paper's training-set sizes (ConvSent-
+  dominated) against tasks drawn in proportion to the paper's balanced set (Recent 570 : CounterFact 1,455 :
+  ConvSent 1,427, Fig. 4d), one pair per seed, and against tasks drawn uniformly (the book's default).
 
 :func:`plan` resolves which folder of chapter 2 holds each of these editors: one whose training config an editor of
 the chapter already has (e.g. Table 1's ``mend-recent``) is that editor; one that differs from a longer run only in
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from . import verdicts
 from .config import ExperimentConfig, MethodConfig
 from .evaluation import paired_difference, summarize
 from .training import budget_dir
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from .gradients import Areas
 
 SCALING, BALANCE = "scaling", "balance"
-UNIFORM, DOMINATED = "uniform", "convsent-dominated"
+UNIFORM, DOMINATED, BALANCED = "uniform", "convsent-dominated", "paper-balanced"
 SETTING = "mixtures"  # chapter 7's case files: <run_dir>/mixtures/
 
 
@@ -107,8 +109,10 @@ def wanted(cfg: ExperimentConfig) -> list[tuple[MixtureEditor, MethodConfig]]:
         for name, on in (("instructedit", True), ("mend", False)):
             for k in range(1, len(mix.scaling_order) + 1):
                 out.append(one(SCALING, name, mix.scaling_order[:k], on, UNIFORM, None, seed))
-    for seed in mix.balance_seeds:
+    for seed in mix.uniform_seeds:
         out.append(one(BALANCE, "instructedit", mix.scaling_order, True, UNIFORM, None, seed))
+    for seed in mix.balance_seeds:
+        out.append(one(BALANCE, "instructedit", mix.scaling_order, True, BALANCED, mix.balanced(), seed))
         out.append(one(BALANCE, "instructedit", mix.scaling_order, True, DOMINATED, mix.weights(), seed))
     return out
 
@@ -218,15 +222,11 @@ def norm_summary(norms: pd.DataFrame, by: Sequence[str] = ("group", "task")) -> 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def interval_word(ci_low: float, ci_high: float) -> str:
-    """A finding's word for one 95% interval of a difference: above 0, below 0, or containing it."""
-    return "holds" if ci_low > 0 else "does not hold" if ci_high < 0 else "inconclusive"
-
-
 def scaling_differences(the_plan: Plan, cases: Sequence[dict[str, Any]], metrics: Sequence[str] = ("edit/acc",
                         "gen/acc", "loc/acc"), seed: int = 0) -> pd.DataFrame:
     """Paired differences (same records) of the editor with the most training tasks minus the one with the fewest,
-    per method, seed, task and metric (the paper's Finding 2: more tasks, better out-of-distribution editing)."""
+    per method, seed, task and metric (the paper's Finding 2: more tasks, better out-of-distribution editing).
+    Columns ``a``/``b`` name the two editors' folders."""
     rows = []
     by_key: dict[tuple[str, int], list[MixtureEditor]] = {}
     for e in the_plan.editors:
@@ -243,61 +243,70 @@ def scaling_differences(the_plan: Plan, cases: Sequence[dict[str, Any]], metrics
 
 def balance_differences(the_plan: Plan, cases: Sequence[dict[str, Any]], metrics: Sequence[str] = ("edit/acc",
                         "gen/acc", "loc/acc"), seed: int = 0) -> pd.DataFrame:
-    """Paired differences of the uniform mixture minus the ConvSent-dominated one, per seed, task and metric."""
+    """Paired differences of each other mixture (``arm``: the paper-balanced one, the uniform one) minus the
+    ConvSent-dominated one trained with the same seed, per seed, task and metric (Finding 3: balancing the data
+    improves hold-out editing)."""
     rows = []
     seeds = sorted({e.seed for e in the_plan.editors if e.experiment == BALANCE})
     for s in seeds:
         pair = {e.mixture: e for e in the_plan.editors if e.experiment == BALANCE and e.seed == s}
-        for metric in metrics:
-            d = paired_difference(cases, metric, "method", pair[DOMINATED].folder, pair[UNIFORM].folder, seed=seed)
-            if len(d):
-                rows.append(d.assign(seed=s, comparison=f"{UNIFORM} − {DOMINATED}"))
+        if DOMINATED not in pair:
+            continue
+        for arm in (BALANCED, UNIFORM):
+            if arm not in pair:
+                continue
+            for metric in metrics:
+                d = paired_difference(cases, metric, "method", pair[DOMINATED].folder, pair[arm].folder, seed=seed)
+                if len(d):
+                    rows.append(d.assign(seed=s, arm=arm, comparison=f"{arm} − {DOMINATED}"))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
-def verdict(diffs: pd.DataFrame, task: str, metric: str = "edit/acc", method: str | None = None) -> dict[str, Any]:
-    """One finding's verdict from paired differences on ``task``/``metric`` (optionally one ``method``): *holds*
-    when every seed's 95% interval is above 0, *does not hold* when every one is below, else *inconclusive*; with
-    the per-seed differences, their mean and seed-to-seed spread (max − min)."""
+def editor_done(editors_dir: Path, folders: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """Each editor folder's ``done.json`` in chapter 2's run folder (None where there is none)."""
+    out = {}
+    for folder in folders:
+        path = Path(editors_dir) / folder / "done.json"
+        out[folder] = json.loads(path.read_text()) if path.is_file() else None
+    return out
+
+
+def verdict(diffs: pd.DataFrame, task: str, metric: str = "edit/acc", method: str | None = None,
+            arm: str | None = None, done: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, Any]:
+    """One finding's verdict from paired differences on ``task``/``metric`` (optionally one ``method`` or balance
+    ``arm``), through :mod:`~instructedit_utils.verdicts`: each seed's difference by
+    :func:`~instructedit_utils.verdicts.direction` (claimed side: above 0), the seeds by
+    :func:`~instructedit_utils.verdicts.combine`; with ``done`` (editor folder → its ``done.json``), a seed whose
+    editors did not train is *not measured (editor did not train)*. Returns the word, the per-seed differences,
+    their mean and seed-to-seed spread (max − min) and a text."""
     part = diffs[(diffs["task"] == task) & (diffs["metric"] == metric)] if len(diffs) else diffs
-    if method is not None and len(part):
-        part = part[part["method"] == method]
+    for column, value in (("method", method), ("arm", arm)):
+        if value is not None and len(part):
+            part = part[part[column] == value]
     if not len(part):
-        return {"verdict": "not measured", "seeds": 0, "text": "not measured"}
-    words = [interval_word(r.ci_low, r.ci_high) for r in part.itertuples()]
-    word = words[0] if len(set(words)) == 1 else "inconclusive"
-    per_seed = "; ".join(f"seed {r.seed}: {r.diff * 100:+.1f} [{r.ci_low * 100:+.1f}, {r.ci_high * 100:+.1f}] "
-                         f"(n={r.n})" for r in part.itertuples())
+        return {"verdict": verdicts.MISSING, "seeds": 0, "text": verdicts.MISSING}
+    per_seed = []
+    for r in part.to_dict("records"):
+        v = verdicts.direction(r)
+        if done is not None:
+            v = verdicts.gate(v, {f: done.get(f) for f in (r["a"], r["b"])})
+        per_seed.append((r, v))
+    word = verdicts.combine(v for _, v in per_seed)
     spread = float(part["diff"].max() - part["diff"].min())
-    shown = word + (" (the reverse holds: every interval is below 0)" if word == "does not hold" else "")
+    text = "; ".join(f"seed {r['seed']}: {v}" for r, v in per_seed)
     return {"verdict": word, "seeds": len(part), "mean_diff": float(part["diff"].mean()), "seed_spread": spread,
-            "text": f"{shown} — {per_seed}" + (f"; seed-to-seed spread {spread * 100:.1f} points"
-                                               if len(part) > 1 else "")}
+            "text": f"{word} — {text}" + (f"; seed-to-seed spread {spread * 100:.1f} points" if len(part) > 1 else "")}
 
 
-def better_mixture(res: pd.DataFrame, holdout_task: str, seed: int = 0, loc_tolerance: float = 0.0
-                   ) -> dict[str, Any]:
-    """Whether the ConvSent-dominated mixture beats the uniform default on the hold-out task's Reliability (mean over
-    balance seeds) without losing Locality (mean over all tasks, by more than ``loc_tolerance``)."""
-    part = res[res["experiment"] == BALANCE]
-    if not len(part):
-        return {"better": None, "text": "no balance editors"}
-
-    def mean(mixture, metric, task=None):
-        p = part[(part["mixture"] == mixture) & (part["metric"] == metric)]
-        if task is not None:
-            p = p[p["task"] == task]
-        return float(p["mean"].mean())
-
-    rel = {m: mean(m, "edit/acc", holdout_task) for m in (UNIFORM, DOMINATED)}
-    loc = {m: mean(m, "loc/acc") for m in (UNIFORM, DOMINATED)}
-    higher, kept = rel[DOMINATED] > rel[UNIFORM], loc[DOMINATED] >= loc[UNIFORM] - loc_tolerance
-    numbers = (f"{holdout_task} Reliability uniform {rel[UNIFORM] * 100:.1f} vs dominated {rel[DOMINATED] * 100:.1f}, "
-               f"Locality over all tasks {loc[UNIFORM] * 100:.1f} vs {loc[DOMINATED] * 100:.1f}; means over seeds")
-    text = (f"the {DOMINATED} mixture beats the {UNIFORM} default without losing Locality" if higher and kept else
-            f"the {DOMINATED} mixture edits {holdout_task} more reliably but loses Locality, so it does not beat the "
-            f"{UNIFORM} default" if higher else f"no mixture beats the {UNIFORM} default on {holdout_task} Reliability")
-    return {"better": higher and kept, "reliability": rel, "locality": loc, "text": f"{text} ({numbers})"}
+def best_steps(the_plan: Plan, done: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
+    """Per chapter-7 editor: its folder, the step its kept checkpoint comes from and that checkpoint's validation
+    score (``done.json``), and whether it trained (best step above 0)."""
+    rows = []
+    for e in the_plan.editors:
+        d = done.get(e.folder) or {}
+        rows.append({"editor": e.label, "folder": e.folder, "best step": d.get("best_step"),
+                     "of steps": d.get("step"), "val/score": d.get("best"), "trained": verdicts.trained(d)})
+    return pd.DataFrame(rows).set_index("editor")
 
 
 def wide(res: pd.DataFrame, experiment: str, metrics: Sequence[str] = ("edit/acc", "gen/acc", "loc/acc"),
@@ -318,18 +327,21 @@ def wide(res: pd.DataFrame, experiment: str, metrics: Sequence[str] = ("edit/acc
     return out.reindex(columns=pd.MultiIndex.from_product([order_tasks, order_metrics])).dropna(axis=1, how="all")
 
 
-def norm_findings(norms: pd.DataFrame, the_plan: Plan, task: str = "convsent") -> pd.DataFrame:
+def norm_findings(norms: pd.DataFrame, the_plan: Plan, task: str = "convsent", arm: str = BALANCED) -> pd.DataFrame:
     """Per balance seed: the median and coefficient of variation of ``task``'s editing-gradient norms under the
-    uniform and the ConvSent-dominated mixture, and their ratio (dominated / uniform): the paper's remark that the
-    dominating task's gradients are large and irregular."""
+    ``arm`` mixture (default: the paper-balanced one) and the ConvSent-dominated one, and their ratio (dominated /
+    ``arm``): the paper's remark that the dominating task's gradients are large and irregular."""
     summary = norm_summary(norms)
     rows = []
     for seed in sorted({e.seed for e in the_plan.editors if e.experiment == BALANCE}):
         pair = {e.mixture: e.folder for e in the_plan.editors if e.experiment == BALANCE and e.seed == seed}
-        got = {m: summary[(summary["group"] == f) & (summary["task"] == task)] for m, f in pair.items()}
+        if arm not in pair or DOMINATED not in pair:
+            continue
+        got = {m: summary[(summary["group"] == pair[m]) & (summary["task"] == task)] for m in (arm, DOMINATED)}
         if any(not len(g) for g in got.values()):
             continue
-        u, d = got[UNIFORM].iloc[0], got[DOMINATED].iloc[0]
-        rows.append({"seed": seed, "task": task, "median uniform": u["median"], "median dominated": d["median"],
-                     "median ratio": d["median"] / u["median"], "cv uniform": u["cv"], "cv dominated": d["cv"]})
+        u, d = got[arm].iloc[0], got[DOMINATED].iloc[0]
+        rows.append({"seed": seed, "task": task, "arm": arm, f"median {arm}": u["median"],
+                     "median dominated": d["median"], "median ratio": d["median"] / u["median"],
+                     f"cv {arm}": u["cv"], "cv dominated": d["cv"]})
     return pd.DataFrame(rows)

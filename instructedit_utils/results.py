@@ -1,13 +1,15 @@
 """The book's results in one place: read the executed chapters' run folders and check the paper's claims.
 
 Nothing here computes an edit or trains an editor: every number comes from the files the chapters wrote
-(``summary.csv``, case files, ``separation.csv``, chapter 7's paired differences) in the run folders next to this
-page's own (``runs/<profile>/<chapter>/``). A chapter that was not run gives *not measured*.
+(``summary.csv``, case files, ``separation.csv``, chapter 4's Table 1 drops and Fig. 3 differences, chapter 7's
+paired differences, chapter 2's ``done.json``) in the run folders next to this page's own
+(``runs/<profile>/<chapter>/``), and every number of the paper from ``resources/paper.json``
+(:mod:`~instructedit_utils.paper`). A chapter that was not run gives *not measured*.
 
-:func:`claims` checks each claim of the paper the book tests and returns a :class:`Claim` with a verdict computed
-from 95% intervals — *reproduced*, *reverse holds* (the interval is on the other side of 0), *not resolved* (it
-contains 0) or *not measured* — and the numbers behind it; :func:`claims_markdown` writes them as the table the intro
-includes; :func:`costs` reads what each chapter's last execution cost (``cost.json``, written by the runner).
+:func:`claims` checks each claim of the paper the book tests and returns a :class:`Claim` with the paper's numbers,
+ours, and a verdict decided by :mod:`~instructedit_utils.verdicts` — the one module every chapter's verdicts come
+from; :func:`claims_markdown` writes them as the table the intro includes; :func:`costs` reads what each chapter's
+last execution cost (``cost.json``, written by the runner).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from . import paper, verdicts
 from .config import ExperimentConfig
 from .evaluation import paired_difference
 from .runner import COST_FILE, PUBLISH_DIR
@@ -31,13 +34,15 @@ CHAPTERS = {
     "06_gradient_analysis": "Chapter 6",
     "07_task_scaling_and_balance": "Chapter 7",
 }
-REPRODUCED, REVERSED, UNRESOLVED, MISSING = "reproduced", "reverse holds", "not resolved", "not measured"
-MIXED = "mixed"  # parts of one claim (e.g. Table 1's editors) disagree
+REPRODUCED, REVERSED, UNRESOLVED, MISSING = (verdicts.REPRODUCED, verdicts.REVERSED, verdicts.UNRESOLVED,
+                                             verdicts.MISSING)
+MIXED, UNTRAINED, EQUIVALENT, DIFFERENT = verdicts.MIXED, verdicts.UNTRAINED, verdicts.EQUIVALENT, verdicts.DIFFERENT
+EDITORS_NOTEBOOK = "02_editor_training"
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of the paper, where the book tests it, and what this build's numbers say."""
+    """One claim of the paper, where the book tests it, the paper's numbers and what this build's numbers say."""
 
     key: str
     claim: str
@@ -45,6 +50,7 @@ class Claim:
     chapter: str  # notebook stem of the chapter that shows it
     verdict: str
     evidence: str
+    paper: str = ""  # the paper's own numbers behind the claim (from resources/paper.json)
 
 
 def chapter_dir(cfg: ExperimentConfig, notebook: str) -> Path:
@@ -67,18 +73,13 @@ def read_cases(cfg: ExperimentConfig, notebook: str, setting: str, names: Sequen
     return [row for name in names for row in run.read_cases(f"cases_{name}")]
 
 
-#: the words of :func:`instructedit_utils.mixtures.verdict` as this page's verdicts
-FROM_FINDING = {"holds": REPRODUCED, "does not hold": REVERSED, "inconclusive": UNRESOLVED}
-
-
-def _word(low: float, high: float) -> str:
-    from .mixtures import interval_word
-
-    return FROM_FINDING[interval_word(low, high)]
-
-
-def _points(d) -> str:
-    return f"{100 * d['diff']:+.1f} points [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}], n={int(d['n'])}"
+def done(cfg: ExperimentConfig, names: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """Chapter 2's ``done.json`` of each editor (None where there is none): whether it trained."""
+    out = {}
+    for name in names:
+        path = chapter_dir(cfg, EDITORS_NOTEBOOK) / name / "done.json"
+        out[name] = json.loads(path.read_text()) if path.is_file() else None
+    return out
 
 
 def _pooled(cases: list[dict[str, Any]], metric: str, column: str, a: str, b: str, seed: int):
@@ -89,110 +90,169 @@ def _pooled(cases: list[dict[str, Any]], metric: str, column: str, a: str, b: st
     return None if d.empty else d.iloc[0]
 
 
-def _instructedit_over_mend(cfg: ExperimentConfig, setting: str) -> tuple[str, str]:
+def _gated(cfg: ExperimentConfig, v: verdicts.Verdict, editors: Sequence[str]) -> verdicts.Verdict:
+    """``v``, or *not measured (editor did not train)* when a trained editor behind it kept its step 0. Without
+    chapter 2's run folder nothing is gated (the chapter that measured ``v`` loaded the editors)."""
+    found = done(cfg, editors)
+    return v if all(d is None for d in found.values()) else verdicts.gate(v, found)
+
+
+def _paper_gain(tasks: Sequence[str]) -> str:
+    parts = []
+    for model in paper.MODELS:
+        gain = paper.reliability_gain(model).reindex(list(tasks)).dropna()
+        if len(gain):
+            parts.append(f"{model} " + ", ".join(f"{t} {g:+.2f}" for t, g in gain.items()))
+    return "InstructEdit − MEND, Reliability (points): " + "; ".join(parts)
+
+
+def _instructedit_over_mend(cfg: ExperimentConfig, setting: str) -> verdicts.Verdict:
     cases = read_cases(cfg, "03_multitask_and_holdout", setting, ["mend", "instructedit"])
-    d = _pooled(cases, "edit/acc", "method", "mend", "instructedit", cfg.seed)
-    if d is None:
-        return MISSING, "chapter 3 has no MEND/InstructEdit cases for this setting"
-    return _word(d["ci_low"], d["ci_high"]), f"InstructEdit − MEND, Reliability: {_points(d)} (paired, same records)"
+    v = verdicts.direction(_pooled(cases, "edit/acc", "method", "mend", "instructedit", cfg.seed))
+    if v.measured:
+        v = verdicts.Verdict(v.word, "InstructEdit − MEND, Reliability: " + v.evidence + " (paired, same records)")
+    return _gated(cfg, v, ["mend", "instructedit"])
 
 
 def claim_multitask(cfg: ExperimentConfig) -> Claim:
-    verdict, evidence = _instructedit_over_mend(cfg, "multitask")
+    v = _instructedit_over_mend(cfg, "multitask")
+    train = [t for t in ("counterfact", "recent", "convsent")]
     return Claim("multitask", "One InstructEdit editor edits the training tasks more reliably than multi-task MEND",
-                 "Table 3, abstract", "03_multitask_and_holdout", verdict, evidence + ", pooled over the tasks")
+                 "Table 3", "03_multitask_and_holdout", v.word,
+                 (v.evidence + ", pooled over the training tasks") if v.measured else v.evidence or "chapter 3 not run",
+                 _paper_gain(train))
 
 
 def claim_holdout(cfg: ExperimentConfig) -> Claim:
-    verdict, evidence = _instructedit_over_mend(cfg, "holdout")
+    v = _instructedit_over_mend(cfg, "holdout")
     return Claim("holdout", "InstructEdit edits a task it never saw (ZsRE) more reliably than MEND",
-                 "Table 3 (hold-out)", "03_multitask_and_holdout", verdict, evidence)
+                 "Table 3 (hold-out)", "03_multitask_and_holdout", v.word, v.evidence or "chapter 3 not run",
+                 _paper_gain(["zsre"]))
+
+
+def claim_average(cfg: ExperimentConfig) -> Claim:
+    """The abstract's average gain: InstructEdit − MEND Reliability averaged over the four tasks of Table 3, the
+    hold-out ZsRE included, each task weighing the same."""
+    from .table3 import task_average_difference
+
+    cases = [c for setting in ("multitask", "holdout")
+             for c in read_cases(cfg, "03_multitask_and_holdout", setting, ["mend", "instructedit"])]
+    d = task_average_difference(cases, "mend", "instructedit", seed=cfg.seed) if cases else None
+    v = _gated(cfg, verdicts.direction(d), ["mend", "instructedit"])
+    evidence = (f"mean over {', '.join(d['tasks'])} of InstructEdit − MEND Reliability: {v.evidence}"
+                if d is not None else "chapter 3 not run")
+    gpt = paper.reliability_gain("GPT2-XL")
+    return Claim("average", "InstructEdit's Reliability exceeds MEND's on average over the four tasks (the "
+                 "abstract's average gain)", "Abstract", "03_multitask_and_holdout", v.word, evidence,
+                 f"GPT2-XL: mean of {', '.join(f'{g:+.2f}' for g in gpt)} = {gpt.mean():.2f} points "
+                 f"(the abstract's {paper.quoted('abstract_reliability_gain'):.2f}; ZsRE included)")
 
 
 def claim_unseen(cfg: ExperimentConfig) -> Claim:
-    """Fig. 3: a held-out description edits about as well as seen ones — held-out minus seen Reliability, per task;
-    reproduced when no task's interval lies below 0 (the held-out wording loses nothing resolvable)."""
-    cases = [dict(c, condition=cond) for cond in ("seen", "held_out")
-             for c in read_cases(cfg, "04_unseen_instructions", "unseen", [f"instructedit_{cond}"])]
-    d = paired_difference(cases, "edit/acc", "condition", "seen", "held_out", seed=cfg.seed) if cases else None
-    if d is None or d.empty:
-        return Claim("unseen", "Unseen instructions edit about as well as seen ones", "Fig. 3",
-                     "04_unseen_instructions", MISSING, "chapter 4 has no seen/held-out cases")
-    below = d[d["ci_high"] < 0]
-    verdict = REPRODUCED if below.empty else REVERSED
+    """Fig. 3: held-out descriptions edit about as well as seen ones — per task, two one-sided tests on held-out −
+    seen Reliability with the equivalence margin (chapter 4's ``unseen/differences.csv``)."""
+    text = "Instructions the editor never saw edit about as well as seen ones"
+    diffs = read_table(cfg, "04_unseen_instructions", "unseen/differences.csv")
+    if diffs is None or diffs.empty:
+        return Claim("unseen", text, "Fig. 3", "04_unseen_instructions", MISSING, "chapter 4 wrote no differences",
+                     "no numbers in the text: Fig. 3 calls the two comparable")
+    from .experiments import unseen_verdicts
+
+    per_task = unseen_verdicts(diffs)
+    word = _gated(cfg, verdicts.Verdict(verdicts.combine(per_task["verdict"])), ["instructedit"]).word
     evidence = "held-out − seen description, Reliability: " + "; ".join(
-        f"{r['task']} {_points(r)}" for _, r in d.iterrows())
-    return Claim("unseen", "Unseen instructions edit about as well as seen ones", "Fig. 3",
-                 "04_unseen_instructions", verdict, evidence + (f" (below 0 on {', '.join(below['task'])})"
-                                                                if len(below) else ""))
+        f"{r['task']} {r['verdict']} ({r['evidence']})" for _, r in per_task.iterrows())
+    return Claim("unseen", text, "Fig. 3", "04_unseen_instructions", word, evidence,
+                 f"Fig. 3 calls them comparable ({paper.quoted('unseen_instructions')} unseen instructions per task); "
+                 "no numbers in the text")
 
 
 def claim_transfer(cfg: ExperimentConfig) -> Claim:
-    """Table 1: a single-task editor edits its own task better than the others — per editor, reproduced when its
-    own task's Reliability interval lies above every other task's, reversed when below every one; *mixed* when the
-    editors disagree."""
-    s = read_table(cfg, "04_unseen_instructions", "transfer/summary.csv")
-    text = "A single-task editor edits its own task far better than other tasks"
-    if s is None:
-        return Claim("transfer", text, "Table 1", "04_unseen_instructions", MISSING, "chapter 4 wrote no transfer")
-    s = s[s["metric"] == "edit/acc"]
-    results, parts = [], []
-    for train, rows in s.groupby("train_task", sort=False):
-        own = rows[rows["task"] == train]
-        other = rows[rows["task"] != train]
-        if own.empty or other.empty:
-            continue
-        own = own.iloc[0]
-        word = _word(own["ci_low"] - other["ci_high"].max(), own["ci_high"] - other["ci_low"].min())
-        results.append(word)
-        parts.append(f"{train} editor: {100 * own['mean']:.1f}% on its task vs {100 * other['mean'].mean():.1f}% "
-                     f"on the others (mean), {word}")
-    verdict = MISSING if not results else results[0] if len(set(results)) == 1 else MIXED
-    return Claim("transfer", text, "Table 1", "04_unseen_instructions", verdict, "; ".join(parts) or "no editors")
+    """Table 1: per test task, an editor trained on another task edits it worse than the in-task editor — the
+    paper's blocks only (:func:`~instructedit_utils.experiments.table1_verdicts` on chapter 4's ``drops.csv``);
+    editors that did not train are not measured."""
+    from .experiments import table1_verdicts
+
+    text = "An editor trained on another task edits a test task far worse than that task's own editor"
+    drops = read_table(cfg, "04_unseen_instructions", "transfer/drops.csv")
+    cells = paper.table1()
+    if drops is None or drops.empty:
+        return Claim("transfer", text, "Table 1", "04_unseen_instructions", MISSING, "chapter 4 wrote no drops",
+                     _paper_drops(cells))
+    found = done(cfg, sorted(set(drops["a"]) | set(drops["b"])))
+    rows = table1_verdicts(drops, found if any(d is not None for d in found.values()) else None)
+    rows = rows[rows["verdict"] != MISSING]
+    parts = [f"{r.test_task} block, {r.train_task} editor: {r.verdict}" + (f" ({r.evidence})" if r.evidence else "")
+             for r in rows.itertuples()]
+    return Claim("transfer", text, "Table 1", "04_unseen_instructions", verdicts.combine(rows["verdict"]),
+                 "Reliability against the in-task editor: " + "; ".join(parts) if parts else "no pairs",
+                 _paper_drops(cells))
+
+
+def _paper_drops(cells: pd.DataFrame) -> str:
+    rel = cells[(cells["metric"] == "edit/acc") & (cells["kind"] == "drop")]
+    return "GPT2-XL, Reliability change against the in-task editor: " + "; ".join(
+        f"{r.test_task} block, {r.train_task} editor {r.printed}" for r in rel.itertuples())
 
 
 def claim_separation(cfg: ExperimentConfig) -> Claim:
     """Finding 1: instructions set the tasks' editing areas apart — InstructEdit's silhouette (training tasks)
-    against MEND's, with intervals."""
+    minus MEND's, paired per record (chapter 6's ``separation_differences.csv``); the control (the same editors
+    before training) says whether training or the instruction text does it."""
+    from .separation import control_finding
+
     text = "With instructions, the editing areas of different tasks lie further apart (Finding 1)"
-    sep = read_table(cfg, "06_gradient_analysis", "separation.csv")
-    if sep is None:
-        return Claim("separation", text, "Fig. 4a", "06_gradient_analysis", MISSING, "chapter 6 wrote no numbers")
-    part = sep[(sep["metric"] == "silhouette") & (sep["scope"] == "training tasks")].set_index("group")
-    if not {"instructedit", "mend"} <= set(part.index):
-        return Claim("separation", text, "Fig. 4a", "06_gradient_analysis", MISSING, "no InstructEdit/MEND pair")
-    ie, me = part.loc["instructedit"], part.loc["mend"]
-    verdict = _word(ie["ci_low"] - me["ci_high"], ie["ci_high"] - me["ci_low"])
-    return Claim("separation", text, "Fig. 4a", "06_gradient_analysis", verdict,
-                 f"silhouette InstructEdit {ie['value']:.3f} [{ie['ci_low']:.3f}, {ie['ci_high']:.3f}] vs MEND "
-                 f"{me['value']:.3f} [{me['ci_low']:.3f}, {me['ci_high']:.3f}] (label-shuffled ≤ "
-                 f"{max(ie['perm_high'], me['perm_high']):.3f})")
+    diffs = read_table(cfg, "06_gradient_analysis", "separation_differences.csv")
+    if diffs is None or diffs.empty:
+        return Claim("separation", text, "Fig. 4a", "06_gradient_analysis", MISSING, "chapter 6 wrote no numbers",
+                     "pictures only (t-SNE), no numbers")
+    row = diffs[(diffs["comparison"] == "instructedit − mend") & (diffs["metric"] == "silhouette")
+                & (diffs["scope"] == "training tasks")]
+    v = verdicts.direction(None if row.empty else row.iloc[0], scale=1.0, unit="")
+    v = _gated(cfg, v, ["mend", "instructedit"])
+    control = control_finding(diffs)
+    return Claim("separation", text, "Fig. 4a", "06_gradient_analysis", v.word,
+                 f"silhouette, InstructEdit − MEND (paired per edit): {v.evidence}. Control: {control['text']}",
+                 "pictures only (t-SNE), no numbers")
 
 
-def _mixture_claim(cfg: ExperimentConfig, key: str, text: str, file: str, method: str | None) -> Claim:
+def _mixture_claim(cfg: ExperimentConfig, key: str, text: str, file: str, paper_text: str, **select) -> Claim:
     from .mixtures import verdict as mixture_verdict
 
     diffs = read_table(cfg, "07_task_scaling_and_balance", file)
     holdout = (cfg.holdout_tasks or ("zsre",))[0]
-    if diffs is None:
-        return Claim(key, text, "Fig. 4c-d", "07_task_scaling_and_balance", MISSING, "chapter 7 wrote no numbers")
-    v = mixture_verdict(diffs, holdout, "edit/acc", method=method)
-    word = FROM_FINDING.get(v["verdict"], MISSING)
-    return Claim(key, text, "Fig. 4c-d", "07_task_scaling_and_balance", word, f"{holdout} Reliability, {v['text']}")
+    if diffs is None or diffs.empty:
+        return Claim(key, text, "Fig. 4c-d", "07_task_scaling_and_balance", MISSING, "chapter 7 wrote no numbers",
+                     paper_text)
+    folders = sorted(set(diffs["a"]) | set(diffs["b"]))
+    found = done(cfg, folders)
+    v = mixture_verdict(diffs, holdout, "edit/acc", done=found if any(d is not None for d in found.values())
+                        else None, **select)
+    extra = ""
+    if key == "balance":
+        side = {REPRODUCED: "higher with the balanced data", REVERSED: "higher with the ConvSent-dominated data"}
+        loc = {t: mixture_verdict(diffs, t, "loc/acc", **select)["verdict"] for t in dict.fromkeys(diffs["task"])}
+        extra = "; Locality: " + ", ".join(f"{t} {side.get(w, w)}" for t, w in loc.items())
+    return Claim(key, text, "Fig. 4c-d", "07_task_scaling_and_balance", v["verdict"],
+                 f"{holdout} Reliability, {v['text']}{extra}", paper_text)
 
 
 def claim_scaling(cfg: ExperimentConfig) -> Claim:
     return _mixture_claim(cfg, "scaling", "Training InstructEdit on more tasks improves hold-out editing (Finding 2)",
-                          "scaling_differences.csv", "instructedit")
+                          "scaling_differences.csv", "Fig. 4c, no numbers in the text", method="instructedit")
 
 
 def claim_balance(cfg: ExperimentConfig) -> Claim:
     return _mixture_claim(cfg, "balance", "Balanced task data edits the hold-out task better than ConvSent-dominated "
-                          "data (Finding 3)", "balance_differences.csv", None)
+                          "data (Finding 3)", "balance_differences.csv",
+                          f"out-of-distribution Reliability {paper.quoted('finding3_unbalanced'):.2f} → "
+                          f"{paper.quoted('finding3_balanced'):.2f} after balancing (ConvSent cut to "
+                          f"{paper.quoted('convsent_balanced_size'):,.0f} records)", arm="paper-balanced")
 
 
 CLAIMS: tuple[Callable[[ExperimentConfig], Claim], ...] = (
-    claim_multitask, claim_holdout, claim_unseen, claim_transfer, claim_separation, claim_scaling, claim_balance)
+    claim_multitask, claim_holdout, claim_average, claim_unseen, claim_transfer, claim_separation, claim_scaling,
+    claim_balance)
 
 
 def claims(cfg: ExperimentConfig) -> list[Claim]:
@@ -238,14 +298,16 @@ def claims_frame(found: Sequence[Claim]) -> pd.DataFrame:
 def claims_markdown(found: Sequence[Claim], link: str = "{}.ipynb", profile: str = "", model: str = "") -> str:
     """The claims as a markdown table, each linked to its chapter (``link`` formatted with the notebook's stem:
     ``executed/{}.ipynb`` from a page beside ``executed/``, ``{}.ipynb`` from an executed notebook)."""
-    head = (f"Computed from this build's run folders (profile `{profile}`, model `{model}`); a verdict is *reproduced* "
-            "when the 95% interval of the difference lies on the paper's side of 0, *reverse holds* when it lies on "
-            "the other side, *not resolved* when it contains 0, *mixed* when parts of the claim disagree.\n\n"
-            ) if profile else ""
-    lines = ["| claim | paper | verdict | evidence | shown in |", "|---|---|---|---|---|"]
+    head = (f"Computed from this build's run folders (profile `{profile}`, model `{model}`) by one verdict rule "
+            f"(`instructedit_utils.verdicts`): *reproduced* when the 95% interval of the paired difference lies on the "
+            f"paper's side of 0, *reverse holds* when it lies on the other side, *not resolved* when it contains 0 or "
+            f"rests on fewer than {verdicts.MIN_N} records; for Fig. 3 *equivalent* when the 90% interval lies within "
+            f"±{100 * verdicts.EQUIVALENCE_MARGIN:.0f} points; *mixed* when parts of a claim disagree; *not measured "
+            "(editor did not train)* when an editor behind it kept its untrained step 0.\n\n") if profile else ""
+    lines = ["| claim | paper | the paper's numbers | ours | verdict | shown in |", "|---|---|---|---|---|---|"]
     for c in found:
         where = f"[{CHAPTERS.get(c.chapter, c.chapter)}]({link.format(c.chapter)})"
-        lines.append(f"| {c.claim} | {c.source} | **{c.verdict}** | {c.evidence} | {where} |")
+        lines.append(f"| {c.claim} | {c.source} | {c.paper or '—'} | {c.evidence} | **{c.verdict}** | {where} |")
     return head + "\n".join(lines) + "\n"
 
 

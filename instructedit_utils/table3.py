@@ -51,6 +51,48 @@ def methods_table(methods: Mapping[str, EditingMethod], done: Mapping[str, dict]
     return pd.DataFrame(rows).set_index("method")
 
 
+def method_descriptions(methods: Mapping[str, EditingMethod]) -> str:
+    """What each method of this run changes, as Markdown bullets, with the numbers of its own options (the config
+    dataclasses of FT-L, CaliNet and GRACE; the trained editors' config) — never typed into the chapter."""
+    lines = []
+    for name in ordered(list(methods)):
+        m = methods[name]
+        c = getattr(m, "config", None)
+        layer = getattr(m, "layer", None)
+        if name == "ft-l":
+            lines.append(f"**FT-L** (ROME's fine-tuning baseline {{cite:p}}`meng2022rome`, after "
+                         f"{{cite:t}}`zhu2020modifying`): the MLP output matrix of block {layer} gets a change Δ found "
+                         f"by {c.steps} Adam steps (learning rate {c.lr:g}) on the target's NLL, every entry clamped "
+                         f"to |Δ| ≤ {c.norm_constraint:g} (ROME's L∞ constraint). Small and local by construction.")
+        elif name == "calinet":
+            lines.append(f"**CaliNet** {{cite:p}}`dong2022calinet`: {c.slots} key/value memory slots in parallel to "
+                         f"the FFN of block {layer}, FFN(x) + GELU(xKᵀ)V, trained on the edit with the model frozen "
+                         f"({c.steps} Adam steps, learning rate {c.lr:g}); the values start at zero, so untrained "
+                         "slots add nothing, and removing them restores the model exactly. The slots answer to any "
+                         "input whose FFN input points along a key, so Locality is what the learning rate trades "
+                         "against.")
+        elif name == "grace":
+            lines.append(f"**GRACE** {{cite:p}}`hartvigsen2023grace`: a codebook at the MLP of block {layer}; the "
+                         "key is the MLP input at the edit prompt's last token, the value a replacement of the MLP "
+                         f"output there, trained for the target (at most {c.steps} Adam steps); an MLP input within "
+                         f"the deferral radius ({c.eps_init:g}) of a key gets the key's value, any other input runs "
+                         "unchanged. The radius is small against the distances between an edit prompt and its "
+                         "rephrases (measured in `instructedit_utils/grace.py`), so GRACE edits the prompt it saw "
+                         "and little else — by design.")
+        elif isinstance(m, TrainedEditor):
+            kind = ("InstructEdit {cite:p}`tian2024instructedit`: chapter 2's hypernetwork with the instruction"
+                    if m.use_instructions else "chapter 2's hypernetwork without the instruction")
+            if m.editor.config.method == "ke":
+                kind = ("KE {cite:p}`decao2021ke`: a hypernetwork conditioned on the edit (its tokens, through a "
+                        "bi-LSTM) that gates the fine-tuning gradient with rank-one masks and adds a rank-one shift, "
+                        "under a Lagrangian constraint on the locality KL")
+            elif not m.use_instructions:
+                kind = "MEND {cite:p}`mitchell2022mend`: " + kind
+            lines.append(f"**{LABELS.get(name, name)}** — {kind}; trained in chapter 2 on "
+                         f"{', '.join(m.editor.config.tasks)} for up to {m.editor.config.steps} steps.")
+    return "\n".join(f"* {line}" for line in lines)
+
+
 def paired_against(cases: Sequence[dict[str, Any]], reference: str = "instructedit",
                    metrics: Sequence[str] = ("edit/acc", "gen/acc", "loc/acc"), seed: int = 0) -> pd.DataFrame:
     """``reference − method`` per task and metric for every other edited method (paired on the same records), in

@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from . import verdicts
 from .config import MethodConfig
 from .data import EditRecord, load_task, sample
 from .editor import EDITOR_META, MendEditor, _atomic_json, applied, make_editor, nll
@@ -241,6 +242,29 @@ def warm_up_normalization(editor: MendEditor, model, tokenizer, records: dict[st
         request = make_edit_request(record, instructions=config.use_instructions, rng=rng, pool=pool)
         factors, _ = editor.raw_factors(model, tokenizer, request.prompt, request.target, header=request.header)
         editor.observe(factors)
+
+
+def initial_editor(model, tokenizer, config: MethodConfig, *, edit_layers: Sequence[int] | None = None,
+                   data_dir=None, train_records: dict[str, list[EditRecord]] | None = None) -> MendEditor:
+    """The editor a training run of ``config`` starts from, its step 0: the seeded initialisation (MEND's network
+    is the identity) and, with normalisation, the statistics of the warm-up edits. The trainer builds its editor
+    with this function; chapter 6 measures it as the untrained control of Finding 1. A fresh editor only (a
+    fine-tuning run starts from ``init_editor``)."""
+    if config.init_editor:
+        raise ValueError(f"{config.name} starts from init_editor {config.init_editor}, not from a fresh editor")
+    device = next(model.parameters()).device
+    torch.manual_seed(config.seed)
+    editor = make_editor(model, config, edit_layers).to(device)
+    if config.normalize:
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        model.requires_grad_(False)
+        try:
+            records = train_records or {t: load_task(t, "train", data_dir) for t in config.tasks}
+            warm_up_normalization(editor, model, tokenizer, records, config)
+        finally:
+            for n, p in model.named_parameters():
+                p.requires_grad_(flags[n])
+    return editor
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -450,9 +474,7 @@ def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pa
     run = _Trainer(model, tokenizer, config, directory, accelerator, log, edit_layers, data_dir, train_records,
                    val_requests, score_kwargs)
     if run.state["step"] == 0 and run.state["best"] is None:
-        if config.normalize and not config.init_editor:  # a fine-tuned editor keeps its statistics
-            warm_up_normalization(run.editor, model, tokenizer, run.sampler.records, config)
-        run.validate()  # the untrained editor: the starting point of the curves
+        run.validate()  # the untrained editor (warm-up statistics filled by initial_editor): the curves' start
         run.checkpoint()
 
     stop_reason = "steps"
@@ -506,19 +528,18 @@ class _Trainer:
         self.score_kwargs = {"max_rephrases": 3, "max_probes": 3, "max_aliases": 1, "sentiment_responses": 2,
                              "fluency_max_new_tokens": 0, **(score_kwargs or {})}
         resume = (self.last / STATE_FILE).is_file()
+        records = train_records or {t: load_task(t, "train", data_dir) for t in config.tasks}
         if resume:
             self.editor = _load_same_config(self.last, model, config, device)
         elif config.init_editor:
             self.editor = _load_initial(model, config, device)
-        else:
-            torch.manual_seed(config.seed)
-            self.editor = make_editor(model, config, edit_layers).to(device)
+        else:  # step 0: the seeded editor with its warm-up statistics
+            self.editor = initial_editor(model, tokenizer, config, edit_layers=edit_layers, train_records=records)
         self.pool = load_pool(config.instructions_file)
         self.editor.train()
         self.optimizer = torch.optim.Adam([{"params": self.editor.network_parameters(), "lr": config.lr},
                                            {"params": self.editor.step_size_parameters(), "lr": config.lr_lr}],
                                           fused=device.type in ("cpu", "cuda"))
-        records = train_records or {t: load_task(t, "train", data_dir) for t in config.tasks}
         self.sampler = TaskSampler(records, config.weights(), config.seed)
         self.val_reqs = list(val_requests) if val_requests is not None else validation_requests(config, data_dir)
         self.state = {"step": 0, "best": None, "best_step": None, "bad_rounds": 0, "nonfinite": 0, "skipped": 0,
@@ -669,6 +690,19 @@ class _Trainer:
         self.log(f"[{config.name}] finished: {stop_reason} at step {state['step']}, best {config.early_stop_metric}="
                  f"{state['best']:.3f} at step {state['best_step']}")
         return TrainResult(best, self.directory, summary)
+
+
+def best_step_table(summaries: dict[str, dict[str, Any]]) -> "pd.DataFrame":
+    """Per editor (its ``done.json`` summary): why training stopped, its steps, the step of the kept checkpoint
+    and that checkpoint's validation score, and whether it trained at all (best step above 0,
+    :func:`~instructedit_utils.verdicts.trained`)."""
+    import pandas as pd
+
+    rows = [{"editor": name, "stop": s.get("stop_reason"), "steps": s.get("step"), "best step": s.get("best_step"),
+             "validation score": None if s.get("best") is None else round(float(s["best"]), 3),
+             "minutes": round(s.get("train_time_s", 0.0) / 60, 1), "trained": verdicts.trained(s)}
+            for name, s in ((n, s or {}) for n, s in summaries.items())]
+    return pd.DataFrame(rows).set_index("editor")
 
 
 def worker_threads(total: int | None, workers: int) -> int:

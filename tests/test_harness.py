@@ -8,6 +8,7 @@ import torch
 
 from instructedit_utils import baselines, experiments
 from instructedit_utils.config import ExperimentConfig, MethodConfig
+from instructedit_utils.data import load_task
 from instructedit_utils.editor import MendEditor
 from instructedit_utils.evaluation import build_requests, evaluate_method, paired_difference, summarize
 from instructedit_utils.editor import FullForward
@@ -396,8 +397,13 @@ def test_transfer_loads_the_single_task_editors_chapter_2_trained(tiny_llama, tm
     trained = training.train_editors(ch2, model, tok, singles, log=None)
     assert {n: r.summary["step"] for n, r in trained.items()} == {"mend-counterfact": 2, "mend-recent": 2}
     cases, summary = experiments.transfer(ch4, model, tok)
-    assert {(c["train_task"], c["task"]) for c in cases} == {(a, b) for a in ("counterfact", "recent")
-                                                             for b in ("counterfact", "recent")}
+    # Table 1's test tasks (transfer_tasks: CounterFact and ZsRE, its test split) and each editor's own task
+    assert {(c["train_task"], c["task"]) for c in cases} == {("counterfact", "counterfact"), ("counterfact", "zsre"),
+                                                             ("recent", "counterfact"), ("recent", "zsre"),
+                                                             ("recent", "recent")}
+    assert all(c["case_id"].startswith("zsre/") for c in cases if c["task"] == "zsre")
+    zsre_test = {r.record_id for r in load_task("zsre", "test")}
+    assert {c["case_id"] for c in cases if c["task"] == "zsre"} <= zsre_test
     assert {c["editor"] for c in cases} == {experiments.load_methods(ch4, model, tok, [n])[n].fingerprint
                                             for n in singles}
 
@@ -456,3 +462,44 @@ def test_unseen_external_descriptions_of_several_tasks_through_the_notebook(tiny
     assert texts[("zsre", "external1")] == "Reply with the new answer."
     again, _ = experiments.unseen(cfg, model, tok)  # resumes from the case files
     assert len(again) == len(cases)
+
+
+def test_transfer_drops_are_paired_against_the_in_task_editor():
+    """Table 1 as the paper's: per test task, the in-task editor's value and every other editor's paired change."""
+    cases = []
+    for i in range(4):
+        for method, train, value in (("mend-counterfact", "counterfact", 0.8), ("mend-recent", "recent", 0.5),
+                                     ("mend-zsre", "zsre", 0.6 if i % 2 else 0.4)):
+            cases.append({"case_id": f"cf{i}", "task": "counterfact", "method": method, "train_task": train,
+                          "edit/acc": value})
+    cases.append({"case_id": "z0", "task": "zsre", "method": "mend-zsre", "train_task": "zsre", "edit/acc": 0.9})
+    drops = experiments.transfer_drops(cases, ["counterfact", "zsre"], metrics=("edit/acc",)).set_index(
+        ["test_task", "train_task"])
+    assert drops.loc[("counterfact", "counterfact"), "kind"] == "in-task"
+    assert drops.loc[("counterfact", "counterfact"), "diff"] == pytest.approx(0.8)
+    recent = drops.loc[("counterfact", "recent")]
+    assert recent["kind"] == "drop" and recent["diff"] == pytest.approx(-0.3) and recent["n"] == 4
+    assert (recent["a"], recent["b"]) == ("mend-counterfact", "mend-recent")
+    assert drops.loc[("counterfact", "zsre"), "diff"] == pytest.approx(-0.3)
+    assert list(drops.loc["zsre"].index) == ["zsre"]  # no other editor was tested on ZsRE: its in-task value only
+
+
+def test_unseen_differences_carry_both_intervals_for_the_equivalence_test():
+    cases = [{"case_id": str(i), "task": "zsre", "condition": cond, "edit/acc": v}
+             for i in range(40) for cond, v in (("seen", 0.5 + 0.01 * (i % 5)), ("held_out", 0.5 + 0.01 * (i % 7)))]
+    d = experiments.unseen_differences(cases, metrics=("edit/acc",)).iloc[0]
+    assert d["ci_low"] <= d["ci90_low"] <= d["diff"] <= d["ci90_high"] <= d["ci_high"]
+    verdict = experiments.unseen_verdicts(pd.DataFrame([d]))
+    assert list(verdict["verdict"]) == ["equivalent"] and "margin ±5" in verdict["evidence"].iloc[0]
+    assert d["ci_low"] > 0  # a resolved difference of about one point: equivalent within ±5, different within ±0.1
+    assert experiments.unseen_verdicts(pd.DataFrame([d]), margin=0.001)["verdict"].iloc[0] == "different"
+
+
+def test_single_task_editors_of_any_task_with_a_train_split(tmp_path):
+    cfg = ExperimentConfig.from_parameters(run_dir=str(tmp_path), rank=8, single_tasks=["counterfact", "zsre"],
+                                           transfer_tasks=["counterfact", "zsre"])
+    assert set(cfg.single_task_configs(False)) == {"mend-counterfact", "mend-zsre"}
+    assert cfg.single_task_configs(False)["mend-zsre"].tasks == ("zsre",)
+    assert experiments.transfer_config(cfg).split_of("zsre") == "test"  # its editor trained on ZsRE's train split
+    with pytest.raises(KeyError, match="Unknown task .nope."):
+        ExperimentConfig.from_parameters(run_dir=str(tmp_path), transfer_tasks=["nope"])

@@ -69,14 +69,27 @@ def test_plan_reuses_equal_editors_keeps_budgets_and_trains_the_rest(tmp_path):
     new = set(train) - set(cfg.editor_configs()) - set(cfg.single_task_configs(False))
     assert new == {"instructedit-recent", "instructedit-recent+counterfact", "mend-recent+counterfact",
                    "instructedit-convsent-dominated", "instructedit-recent+counterfact+convsent-seed1",
-                   "instructedit-convsent-dominated-seed1"}
+                   "instructedit-convsent-dominated-seed1", "instructedit-paper-balanced",
+                   "instructedit-paper-balanced-seed1"}
     dom = train["instructedit-convsent-dominated-seed1"]
     assert dom.seed == 1 and dom.steps == 500 and dom.task_weights == {t: float(PAPER_TRAIN_SIZES[t])
                                                                         for t in dom.tasks}
+    bal = train["instructedit-paper-balanced"]
+    assert bal.task_weights == {"counterfact": 1455.0, "recent": 570.0, "convsent": 1427.0}  # Fig. 4d's set
     assert train["instructedit-recent+counterfact"].tasks == ("counterfact", "recent")  # chapter 2's task order
     assert cfg.training_configs() == train
     shares = dict(next(e for e in plan.editors if e.mixture == mixtures.DOMINATED).weights)
     assert shares["convsent"] == pytest.approx(14390 / (570 + 1455 + 14390))
+
+
+def test_uniform_seeds_choose_the_uniform_arms_own_seeds(tmp_path):
+    plan = mixtures.plan(_cfg(tmp_path, uniform_seeds=[0]))
+    arms = sorted((e.mixture, e.seed) for e in plan.editors if e.experiment == mixtures.BALANCE)
+    assert arms == [(mixtures.DOMINATED, 0), (mixtures.DOMINATED, 1), (mixtures.BALANCED, 0), (mixtures.BALANCED, 1),
+                    (mixtures.UNIFORM, 0)]
+    assert "instructedit-recent+counterfact+convsent-seed1" not in plan.train
+    with pytest.raises(ValueError, match="balanced_weights names task"):
+        _cfg(tmp_path, balanced_weights={"zsre": 1.0})
 
 
 def test_plan_trains_a_budget_that_is_not_a_validation_step_and_reuses_an_equal_budget(tmp_path):
@@ -165,25 +178,25 @@ def test_norm_summary_of_a_tiny_models_editing_areas_equals_explicit_gradients(t
 def test_verdicts_from_paired_differences():
     def diffs(*cis):
         return pd.DataFrame([{"task": "zsre", "metric": "edit/acc", "method": "instructedit", "seed": s,
-                              "diff": (lo + hi) / 2, "ci_low": lo, "ci_high": hi, "n": 50}
-                             for s, (lo, hi) in enumerate(cis)])
-    assert mixtures.verdict(diffs((0.01, 0.2), (0.05, 0.1)), "zsre")["verdict"] == "holds"
-    assert mixtures.verdict(diffs((-0.2, -0.01)), "zsre")["verdict"] == "does not hold"
+                              "diff": (lo + hi) / 2, "ci_low": lo, "ci_high": hi, "n": 50, "a": f"few{s}",
+                              "b": f"most{s}"} for s, (lo, hi) in enumerate(cis)])
+    assert mixtures.verdict(diffs((0.01, 0.2), (0.05, 0.1)), "zsre")["verdict"] == "reproduced"
+    assert mixtures.verdict(diffs((-0.2, -0.01)), "zsre")["verdict"] == "reverse holds"
     mixed = mixtures.verdict(diffs((0.01, 0.2), (-0.1, 0.05)), "zsre")
-    assert mixed["verdict"] == "inconclusive" and mixed["seed_spread"] == pytest.approx(0.105 - (-0.025))
+    assert mixed["verdict"] == "not resolved" and mixed["seed_spread"] == pytest.approx(0.105 - (-0.025))
+    assert mixtures.verdict(diffs((0.01, 0.2), (-0.2, -0.1)), "zsre")["verdict"] == "mixed"
     assert mixtures.verdict(diffs((0.01, 0.2)), "recent")["verdict"] == "not measured"
+    gated = mixtures.verdict(diffs((0.01, 0.2), (0.05, 0.1)), "zsre", done={"few0": {"best_step": 0},
+                                                                          "most0": {"best_step": 250},
+                                                                          "few1": {"best_step": 250},
+                                                                          "most1": {"best_step": 500}})
+    assert gated["verdict"] == "reproduced" and "seed 0: not measured (editor did not train)" in gated["text"]
 
 
-def test_better_mixture_needs_reliability_without_losing_locality():
-    def res(rel_u, rel_d, loc_u, loc_d):
-        rows = []
-        for mixture, rel, loc in ((mixtures.UNIFORM, rel_u, loc_u), (mixtures.DOMINATED, rel_d, loc_d)):
-            rows += [{"experiment": mixtures.BALANCE, "mixture": mixture, "task": "zsre", "metric": "edit/acc",
-                      "mean": rel},
-                     {"experiment": mixtures.BALANCE, "mixture": mixture, "task": "zsre", "metric": "loc/acc",
-                      "mean": loc}]
-        return pd.DataFrame(rows)
-    assert mixtures.better_mixture(res(0.7, 0.8, 0.9, 0.9), "zsre")["better"] is True
-    lost = mixtures.better_mixture(res(0.7, 0.8, 0.9, 0.85), "zsre")
-    assert lost["better"] is False and "loses Locality" in lost["text"]
-    assert "no mixture beats" in mixtures.better_mixture(res(0.8, 0.7, 0.9, 0.95), "zsre")["text"]
+def test_best_steps_flag_editors_that_did_not_train(tmp_path):
+    plan = mixtures.plan(_cfg(tmp_path))
+    done = {e.folder: {"best_step": 0 if e.mixture == mixtures.DOMINATED else 250, "step": 500, "best": 0.5}
+            for e in plan.editors}
+    table = mixtures.best_steps(plan, done)
+    assert not table.loc["instructedit-convsent-dominated", "trained"]
+    assert table.loc["instructedit-paper-balanced", "best step"] == 250

@@ -309,3 +309,21 @@ def test_validation_through_the_split_forward_equals_plain_scoring(fixture, requ
             # which the split forward reproduces to float rounding
             tol = 1e-6 if req.task == "convsent" and k == "edit/acc" else 1e-9
             assert case.get(k) == pytest.approx(plain.get(k), abs=tol), (req.case_id, k)
+
+
+def test_initial_editor_is_the_step_0_of_a_training_run(tiny_llama, tmp_path):
+    """Chapter 6's untrained control: the editor a run starts from, rebuilt without training, equals the run's
+    step-0 checkpoint bit for bit (seeded network and warm-up statistics)."""
+    model, tok = tiny_llama
+    config = _config()
+    _train(model, tok, config, tmp_path / "ed", stop_after=0)  # the step-0 validation and checkpoint only
+    saved = MendEditor.load(tmp_path / "ed" / "last", model)
+    rebuilt = training.initial_editor(model, tok, config, edit_layers=(2, 3), train_records=_records())
+    a, b = _state(saved), _state(rebuilt)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(config.seed)
+    fresh = _state(training.make_editor(model, config, (2, 3)))
+    assert [k for k in a if not torch.equal(a[k], fresh[k])]  # the warm-up statistics are in the state
+    with pytest.raises(ValueError, match="init_editor"):
+        training.initial_editor(model, tok, _config(init_editor=str(tmp_path / "ed")), edit_layers=(2, 3),
+                                train_records=_records())
