@@ -171,7 +171,7 @@ def claim_transfer(cfg: ExperimentConfig) -> Claim:
     """Table 1: per test task, an editor trained on another task edits it worse than the in-task editor — the
     paper's blocks only (:func:`~instructedit_utils.experiments.table1_verdicts` on chapter 4's ``drops.csv``);
     editors that did not train are not measured."""
-    from .experiments import table1_verdicts
+    from .table1 import table1_verdicts
 
     text = "An editor trained on another task edits a test task far worse than that task's own editor"
     drops = read_table(cfg, "04_unseen_instructions", "transfer/drops.csv")

@@ -298,12 +298,15 @@ def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
 
 
 def gap_sentences(gaps: pd.DataFrame) -> list[str]:
-    """Where the two kinds of success disagree, per setting and metric, computed from the intervals."""
+    """Where the two kinds of success disagree, per setting and metric: each method's gap judged by
+    :func:`~instructedit_utils.verdicts.side` (teacher forcing above greedy, below it, or not resolved)."""
     out = []
     for (setting, metric), part in gaps.groupby(["setting", "metric"], sort=False):
-        above = part[part["ci_low"] > 0].sort_values("gap", ascending=False)
-        below = part[part["ci_high"] < 0]
-        same = part[(part["ci_low"] <= 0) & (part["ci_high"] >= 0)]
+        part = part.assign(side=[verdicts.side({"diff": g, "ci_low": lo, "ci_high": hi, "n": n})
+                                 for g, lo, hi, n in zip(part["gap"], part["ci_low"], part["ci_high"], part["n"])])
+        above = part[part["side"] == "higher"].sort_values("gap", ascending=False)
+        below = part[part["side"] == "lower"]
+        same = part[~part["side"].isin(["higher", "lower"])]
 
         def names(rows) -> str:
             return ", ".join(LABELS.get(m, m) for m in rows["method"]) or "none"
@@ -314,7 +317,7 @@ def gap_sentences(gaps: pd.DataFrame) -> list[str]:
             top = above.iloc[0]
             text += (f", most for {LABELS.get(top['method'], top['method'])} ({100 * top['gap']:+.1f} points "
                      f"[{100 * top['ci_low']:+.1f}, {100 * top['ci_high']:+.1f}])")
-        text += f"; the two agree within the interval for {names(same)}"
+        text += f"; the difference is not resolved for {names(same)}"
         if len(below):
             text += f"; greedy decoding reports more for {names(below)}"
         out.append(text + ".")

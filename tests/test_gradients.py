@@ -281,3 +281,22 @@ def test_collect_many_shares_lower_passes_per_chunk_and_matches_single_collectio
         assert list(a.manifest["case_id"]) == list(b.manifest["case_id"]) == [r.case_id for r in reqs[:5 - 2 * i]]
         for n in a.sketches:
             assert np.allclose(a.sketches[n], b.sketches[n], rtol=1e-4, atol=1e-6 * np.abs(a.sketches[n]).max())
+
+
+def test_separation_differences_pair_the_reference_and_the_untrained_controls():
+    import pandas as pd
+
+    from instructedit_utils import separation
+
+    rows = [{"scope": "training tasks", "case_id": f"r{i}", "group": g, "silhouette": v + 0.01 * (i % 3),
+             "knn_purity": 0.5} for i in range(30)
+            for g, v in (("instructedit", 0.3), ("mend", 0.1), ("instructedit@0", 0.3), ("mend@0", 0.1))]
+    diffs = separation.separation_differences(pd.DataFrame(rows), "instructedit")
+    got = diffs[diffs["metric"] == "silhouette"].set_index("comparison")["diff"].round(6).to_dict()
+    assert got == {"instructedit − mend": 0.2, "instructedit − instructedit@0": 0.0, "instructedit − mend@0": 0.2,
+                   "instructedit@0 − mend@0": 0.2}
+    finding = separation.control_finding(diffs)
+    assert finding["text"].startswith("the instruction text separates the tasks")
+    assert finding["training"].word == "not resolved" and finding["text_alone"].word == "reproduced"
+    assert separation.control_finding(diffs[diffs["comparison"] == "instructedit − mend"])["text"].startswith(
+        "not measured")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from instructedit_utils import baselines, experiments
+from instructedit_utils import baselines, experiments, table1
 from instructedit_utils.config import ExperimentConfig, MethodConfig
 from instructedit_utils.data import load_task
 from instructedit_utils.editor import MendEditor
@@ -473,7 +473,7 @@ def test_transfer_drops_are_paired_against_the_in_task_editor():
             cases.append({"case_id": f"cf{i}", "task": "counterfact", "method": method, "train_task": train,
                           "edit/acc": value})
     cases.append({"case_id": "z0", "task": "zsre", "method": "mend-zsre", "train_task": "zsre", "edit/acc": 0.9})
-    drops = experiments.transfer_drops(cases, ["counterfact", "zsre"], metrics=("edit/acc",)).set_index(
+    drops = table1.transfer_drops(cases, ["counterfact", "zsre"], metrics=("edit/acc",)).set_index(
         ["test_task", "train_task"])
     assert drops.loc[("counterfact", "counterfact"), "kind"] == "in-task"
     assert drops.loc[("counterfact", "counterfact"), "diff"] == pytest.approx(0.8)

@@ -377,8 +377,26 @@ def test_success_gaps_pair_teacher_forced_and_greedy_success_on_the_same_cases()
     assert list(rel.index) == ["mend", "instructedit"]  # the paper's column order
     assert rel.loc["instructedit", "gap"] == 1.0 and rel.loc["instructedit", "ci_low"] == 1.0
     assert rel.loc["mend", "gap"] == pytest.approx(-0.125) and rel.loc["mend", "n"] == 4
-    text = table3.gap_sentences(gaps)
+    text = table3.gap_sentences(gaps)  # four records decide nothing, however wide the gap
+    assert text[0] == ("**multitask, Reliability**: teacher forcing reports more success than greedy decoding for 0 "
+                       "of 2 methods (none); the difference is not resolved for MEND, InstructEdit.")
+    many = table3.success_gaps([{**c, "case_id": f"{c['case_id']}-{k}"} for c in cases for k in range(6)])
+    text = table3.gap_sentences(many)
     assert text[0].startswith("**multitask, Reliability**: teacher forcing reports more success than greedy decoding "
                               "for 1 of 2 methods (InstructEdit), most for InstructEdit (+100.0 points [+100.0, "
-                              "+100.0]); the two agree within the interval for MEND.")
-    assert "for 0 of 2 methods (none); the two agree within the interval for MEND, InstructEdit." in text[1]
+                              "+100.0]); the difference is not resolved for none; greedy decoding reports more for "
+                              "MEND.")  # with 24 records MEND's -12.5 points are resolved too
+    assert "for 0 of 2 methods (none); the difference is not resolved for MEND, InstructEdit." in text[1]
+
+
+def test_method_descriptions_carry_each_methods_own_options(tiny_llama):
+    from instructedit_utils import table3
+
+    model, tok = tiny_llama
+    methods = {"ft-l": baselines.build("ft-l", model, tok, default_layers=(2, 3), steps=7, norm_constraint=2e-3),
+               "grace": baselines.build("grace", model, tok, default_layers=(2, 3), eps_init=0.75),
+               "calinet": baselines.build("calinet", model, tok, default_layers=(2, 3), slots=5)}
+    text = table3.method_descriptions(methods)
+    assert text.count("\n* ") == 2 and text.startswith("* **FT-L**")  # the paper's order: FT-L, CaliNet, GRACE
+    assert "block 2 gets a change Δ found by 7 Adam steps" in text and "|Δ| ≤ 0.002" in text
+    assert "5 key/value memory slots" in text and "block 3" in text and "deferral radius (0.75)" in text
