@@ -32,15 +32,18 @@ def ordered(names: Sequence[str]) -> list[str]:
 
 def methods_table(methods: Mapping[str, EditingMethod], done: Mapping[str, dict] | None = None) -> pd.DataFrame:
     """One row per method: what it is, whether it reads instructions, the lowest block it changes, its settings
-    (trained steps for editors, options for the optimisation methods) and its fingerprint."""
+    (for trained editors the step of the kept checkpoint and its validation score, flagged when it is the untrained
+    step 0; options for the optimisation methods) and its fingerprint."""
     import dataclasses
 
     rows = []
     for name in ordered(list(methods)):
         m = methods[name]
         if isinstance(m, TrainedEditor):
-            s = (done or {}).get(name, {})
-            setting = f"{m.editor.config.method}, best step {s.get('best_step', '—')} of {s.get('step', '—')}"
+            s = (done or {}).get(name) or {}
+            score = "—" if s.get("best") is None else f"{s['best']:.3f}"
+            setting = (f"{m.editor.config.method}, best step {s.get('best_step', '—')} of {s.get('step', '—')} "
+                       f"(validation score {score})" + ("" if verdicts.trained(s) else "; did not train"))
         elif hasattr(m, "config"):
             setting = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(m.config).items())
         else:

@@ -400,3 +400,21 @@ def test_method_descriptions_carry_each_methods_own_options(tiny_llama):
     assert text.count("\n* ") == 2 and text.startswith("* **FT-L**")  # the paper's order: FT-L, CaliNet, GRACE
     assert "block 2 gets a change Δ found by 7 Adam steps" in text and "|Δ| ≤ 0.002" in text
     assert "5 key/value memory slots" in text and "block 3" in text and "deferral radius (0.75)" in text
+
+
+def test_methods_table_shows_the_kept_checkpoint_and_flags_step_0(tiny_llama):
+    from instructedit_utils import table3
+
+    model, tok = tiny_llama
+    torch.manual_seed(0)
+    cfg = MethodConfig(name="mend", rank=8, normalize=False, norm_warmup=0, use_instructions=False)
+    methods = {"base": baselines.build("base", model, tok),
+               "mend": baselines.build("mend", model, tok, editor=MendEditor.for_model(model, cfg, (2, 3)), name="mend"),
+               "instructedit": baselines.build("mend", model, tok, name="instructedit",
+                                               editor=MendEditor.for_model(model, cfg, (2, 3)))}
+    done = {"mend": {"best_step": 0, "step": 500, "best": 0.41}, "instructedit": {"best_step": 250, "step": 500,
+                                                                                 "best": 0.6}}
+    table = table3.methods_table(methods, done)["settings"]
+    assert table["mend"] == "mend, best step 0 of 500 (validation score 0.410); did not train"
+    assert table["instructedit"] == "mend, best step 250 of 500 (validation score 0.600)"
+    assert table["base"] == "—"
