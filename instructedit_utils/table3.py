@@ -144,10 +144,11 @@ def weak_sides(cases: Sequence[dict[str, Any]], method: str, seed: int = 0) -> l
     Reliability gain over Base whose interval lies below :data:`~instructedit_utils.verdicts.WEAK_GAIN`; a
     Generalization gain below its Reliability gain on the same cases by more than the equivalence margin, resolvably
     (it fits the prompt, not the fact);
-    a Locality interval below :data:`~instructedit_utils.verdicts.LOCALITY_FLOOR`."""
+    a Locality interval below :data:`~instructedit_utils.verdicts.LOCALITY_FLOOR`; each from at least
+    :data:`~instructedit_utils.verdicts.MIN_N` cases."""
     out = []
     rel = _gain(cases, method, "edit/acc", seed)
-    if rel is not None and rel["ci_high"] < verdicts.WEAK_GAIN:
+    if rel is not None and rel["n"] >= verdicts.MIN_N and rel["ci_high"] < verdicts.WEAK_GAIN:
         out.append(f"Reliability barely above Base (gain below {100 * verdicts.WEAK_GAIN:.0f} points)")
     both = [{"case_id": c["case_id"], "task": "all", "kind": k, "v": c[m] - c[f"base/{m}"]}
             for c in cases if c["method"] == method and all(c.get(x) is not None for x in
@@ -158,7 +159,7 @@ def weak_sides(cases: Sequence[dict[str, Any]], method: str, seed: int = 0) -> l
         if len(d) and d.iloc[0]["n"] >= verdicts.MIN_N and d.iloc[0]["ci_high"] < -verdicts.EQUIVALENCE_MARGIN:
             out.append("Generalization gains less than Reliability")
     loc = _pooled_mean(cases, method, "loc/acc", seed)
-    if loc is not None and loc["ci_high"] < verdicts.LOCALITY_FLOOR:
+    if loc is not None and loc["n"] >= verdicts.MIN_N and loc["ci_high"] < verdicts.LOCALITY_FLOOR:
         out.append(f"Locality below {100 * verdicts.LOCALITY_FLOOR:.0f}%")
     return out
 
