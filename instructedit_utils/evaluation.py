@@ -313,12 +313,21 @@ def scoring_settings(score_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in scoring.items() if not (k in _RECORDED_WHEN_ON and not v)}
 
 
+#: how ConvSent's Reliability is measured (recorded in the settings of case files holding ConvSent cases, so that
+#: cases measured otherwise — the token accuracy of one target response, before — are refused, never mixed in)
+CONVSENT_MEASURE = "sentiment edit success (SERAC/EasyEdit es), own target response excluded"
+
+
 def case_settings(requests: Sequence[EditRequest], score_kwargs: dict[str, Any],
                   settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """The settings a case file records: ``settings`` (the caller's, e.g.
     :meth:`~instructedit_utils.config.ExperimentConfig.case_settings`), every scoring cap and the Fluency length
-    (``scoring/…``; the batch size is left out, it does not change what is computed) and :func:`requests_digest`."""
-    return {**(settings or {}), "scoring": scoring_settings(score_kwargs), "requests": requests_digest(requests)}
+    (``scoring/…``; the batch size is left out, it does not change what is computed), :func:`requests_digest` and,
+    when ConvSent is among the requests, :data:`CONVSENT_MEASURE`."""
+    out = {**(settings or {}), "scoring": scoring_settings(score_kwargs), "requests": requests_digest(requests)}
+    if any(r.task == "convsent" for r in requests):
+        out["convsent_measure"] = CONVSENT_MEASURE
+    return out
 
 
 def evaluate_unedited(model, tokenizer, requests: Sequence[EditRequest], run: RunFolder | None = None,

@@ -226,3 +226,9 @@ def test_greedy_success_per_request_and_its_generation_length(tiny_llama, cf_rec
     # off by default, so case files written before the option existed keep their settings
     assert "success_max_new_tokens" not in case_settings(reqs, {"fluency_max_new_tokens": 4})["scoring"]
     assert case_settings(reqs, {"success_max_new_tokens": 8})["scoring"]["success_max_new_tokens"] == 8
+
+
+def test_case_files_of_convsent_record_its_measure(cf_records, convsent_records):
+    with_cs = evaluation.case_settings(build_requests(cf_records + convsent_records, instructions=False), {})
+    without = evaluation.case_settings(build_requests(cf_records, instructions=False), {})
+    assert with_cs["convsent_measure"] == evaluation.CONVSENT_MEASURE and "convsent_measure" not in without
