@@ -362,6 +362,8 @@ MEASUREMENT_NOTES = {
     "Locality": "agreement of the edited and unedited model's argmax on out-of-scope answers (Eq. 6); ConvSent: "
                 "another topic's responses of both sentiments",
     "Portability": "token accuracy on the records' portability questions (at most the first three per record)",
-    "Fluency": "n-gram entropy of the greedy continuation alone, in bits: the paper prints it × 100 and generates "
-               "longer continuations, so only the ordering of methods compares",
+    "Fluency": "n-gram entropy of the greedy continuation alone, in bits (the paper prints it × 100; shown here in "
+               "the paper's scale), of at most `fluency_max_new_tokens` tokens, where EasyEdit's ConvSent evaluation "
+               "generates up to 100 (`compute_sent_metric`) and scores prompt and continuation together: only the "
+               "ordering of methods compares",
 }
