@@ -42,12 +42,12 @@ def main() -> int:
     import torch
 
     from instructedit_utils import setup_torch
-    from instructedit_utils.config import MethodConfig
-    from instructedit_utils.data import load_task
-    from instructedit_utils.editor import MendEditor
-    from instructedit_utils.instructions import make_edit_request
-    from instructedit_utils.models import load_model
-    from instructedit_utils.training import TaskSampler, edit_step, make_example, warm_up_normalization
+    from instructedit_utils.config.method import MethodConfig
+    from instructedit_utils.data.tasks import load_task
+    from instructedit_utils.methods import MendEditor
+    from instructedit_utils.data.instructions import make_edit_request
+    from instructedit_utils.models.loading import load_model
+    from instructedit_utils.training.step import TaskSampler, edit_step, make_example, warm_up_normalization
 
     setup_torch(args.threads, 0)
     model, tok = load_model(args.model)
@@ -57,7 +57,7 @@ def main() -> int:
     if args.book:
         import dataclasses
 
-        from instructedit_utils.parameters import notebook_config
+        from instructedit_utils.config.parameters import notebook_config
 
         cfg = dataclasses.replace(notebook_config("02_editor_training", args.book).method, name="bench",
                                   use_instructions=instructions)
@@ -138,8 +138,8 @@ def plain_forward(model, tok, req) -> None:
     import torch
     from transformers import DynamicCache
 
-    from instructedit_utils.forward import common_prefix_len
-    from instructedit_utils.metrics import encode_pair
+    from instructedit_utils.models.forward import common_prefix_len
+    from instructedit_utils.models.metrics import encode_pair
 
     enc = encode_pair(tok, req.prompt, req.target)
     header = tuple(tok(req.header)["input_ids"]) if req.header else ()

@@ -31,8 +31,10 @@ def main() -> int:
 
     import torch
 
-    from instructedit_utils import baselines
-    from instructedit_utils.evaluation import evaluate_method, score_requests, task_requests
+    from instructedit_utils import methods as baselines
+    from instructedit_utils.evaluation.harness import evaluate_method
+    from instructedit_utils.evaluation.scoring import score_requests
+    from instructedit_utils.evaluation.requests import task_requests
 
     model, tok = load_frozen_model(args)
     method = baselines.build("mend", model, tok, editor_dir=args.editor)

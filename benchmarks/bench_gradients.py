@@ -2,9 +2,9 @@
 
 * ``plain loop``: one edit at a time with plain forward passes of the whole model (no split forward, no
   instruction-header cache) — how a straightforward loop computes it (EasyEdit-style, as in ``bench_evaluation``);
-* ``edit loop``: one edit at a time through :meth:`~instructedit_utils.editor.MendEditor.edit` with
+* ``edit loop``: one edit at a time through :meth:`~instructedit_utils.methods.mend.MendEditor.edit` with
   ``return_factors=True`` — already with the split forward and the header cache;
-* ``batched``: :func:`~instructedit_utils.gradients.editing_areas` — ``--edit-batch`` edits per lower pass and per
+* ``batched``: :func:`~instructedit_utils.evaluation.gradients.editing_areas` — ``--edit-batch`` edits per lower pass and per
   forward/backward pass of the edited blocks, one pass of the editor network.
 
 Every way then takes the sketch and the norms of the transformed factors.
@@ -33,8 +33,8 @@ from common import add_model_arguments, load_frozen_model
 def _editor(model, tok, rank: int, seed: int, warm_requests, layers):
     import torch
 
-    from instructedit_utils.config import MethodConfig
-    from instructedit_utils.editor import MendEditor
+    from instructedit_utils.config.method import MethodConfig
+    from instructedit_utils.methods import MendEditor
 
     torch.manual_seed(seed)
     editor = MendEditor.for_model(model, MethodConfig(name=f"bench-{rank}-{seed}", rank=rank), layers)
@@ -51,8 +51,8 @@ def _speed(editor, model, tok, requests, args) -> dict:
     import numpy as np
     import torch
 
-    from instructedit_utils.editor import FullForward
-    from instructedit_utils.gradients import Sketch, editing_areas, frobenius_norms
+    from instructedit_utils.models.forward import FullForward
+    from instructedit_utils.evaluation.gradients import Sketch, editing_areas, frobenius_norms
 
     sketch = Sketch(editor.targets, args.sketch_dim, seed=0)
     names = [t.name for t in editor.targets]
@@ -101,9 +101,9 @@ def _speed(editor, model, tok, requests, args) -> dict:
 def _collection(model, tok, requests, warm, layers, args) -> dict:
     """The full collection as chapter 6 runs it: ``--rss-editors`` editors sharing one runner (the lower blocks run
     once per prompt for all of them), written to a temporary run folder."""
-    from instructedit_utils import baselines
-    from instructedit_utils.forward import SplitForward
-    from instructedit_utils.gradients import AreaJob, Sketch, collect_many
+    from instructedit_utils import methods as baselines
+    from instructedit_utils.models.forward import SplitForward
+    from instructedit_utils.evaluation.gradients import AreaJob, Sketch, collect_many
 
     rank = args.ranks[0]
     editors = [_editor(model, tok, rank, args.seed + i, warm, layers) for i in range(args.rss_editors)]
@@ -131,10 +131,10 @@ def main() -> int:
     parser.add_argument("--rss-editors", type=int, default=3)
     args = parser.parse_args()
 
-    from instructedit_utils import baselines
-    from instructedit_utils.config import ExperimentConfig
-    from instructedit_utils.evaluation import task_requests
-    from instructedit_utils.models import resolve_preset
+    from instructedit_utils import methods as baselines
+    from instructedit_utils.config.experiment import ExperimentConfig
+    from instructedit_utils.evaluation.requests import task_requests
+    from instructedit_utils.models.loading import resolve_preset
 
     model, tok = load_frozen_model(args)
     layers = resolve_preset(args.model).edit_layers or None

@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _method(name: str, model, tok, editors_dir: Path):
-    from instructedit_utils import baselines
-    from instructedit_utils.config import MethodConfig
-    from instructedit_utils.editor import make_editor
-    from instructedit_utils.models import MODEL_PRESETS
-    from instructedit_utils.training import is_trained
+    from instructedit_utils import methods as baselines
+    from instructedit_utils.config.method import MethodConfig
+    from instructedit_utils.methods import make_editor
+    from instructedit_utils.models.loading import MODEL_PRESETS
+    from instructedit_utils.training.trainer import is_trained
 
     layers = MODEL_PRESETS["smollm2-135m"].edit_layers
     if name in baselines.CONFIGS:
@@ -57,9 +57,9 @@ def run_one(args) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import load_frozen_model
 
-    from instructedit_utils.data import load_task, sample
-    from instructedit_utils.evaluation import build_requests
-    from instructedit_utils.metrics import encode_pair
+    from instructedit_utils.data.tasks import load_task, sample
+    from instructedit_utils.evaluation.requests import build_requests
+    from instructedit_utils.models.metrics import encode_pair
 
     model, tok = load_frozen_model(args)
     method, state = _method(args.method, model, tok, Path(args.editors_dir))
@@ -94,7 +94,7 @@ def run_one(args) -> dict:
 
 def _time_loops() -> list[tuple[int, float]]:
     """Record (steps, seconds) of every optimisation loop the optimisation-based methods run."""
-    from instructedit_utils import calinet, ft, grace
+    from instructedit_utils.methods import calinet, ft, grace
 
     log: list[tuple[int, float]] = []
     original = ft.optimize

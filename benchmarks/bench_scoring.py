@@ -47,9 +47,10 @@ def main() -> int:
     parser.add_argument("--edit-tokens", type=int, default=20, help="chapter 3's Fluency length")
     args = parser.parse_args()
 
-    from instructedit_utils import baselines
-    from instructedit_utils.evaluation import evaluate_method, evaluate_unedited, task_requests
-    from instructedit_utils.runs import RunFolder
+    from instructedit_utils import methods as baselines
+    from instructedit_utils.evaluation.harness import evaluate_method, evaluate_unedited
+    from instructedit_utils.evaluation.requests import task_requests
+    from instructedit_utils.util import RunFolder
 
     model, tok = load_frozen_model(args)
     kw = dict(max_rephrases=3, max_probes=3, max_aliases=1, sentiment_responses=4)

@@ -29,8 +29,10 @@ def main() -> int:
 
     import torch
 
-    from instructedit_utils import parameters, setup_torch, training
-    from instructedit_utils.models import load_model
+    from instructedit_utils import setup_torch
+    from instructedit_utils.training import pool as training
+    from instructedit_utils.config.experiment import parameters
+    from instructedit_utils.models.loading import load_model
 
     root = Path(tempfile.mkdtemp(prefix="bench_workers_"))
     base = parameters.notebook_config("02_editor_training", "cpu", {"num_threads": args.threads})

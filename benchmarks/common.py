@@ -17,7 +17,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, tasks: list[str], recor
 def load_frozen_model(args: argparse.Namespace):
     """Set threads and seeds, load ``args.model`` and freeze it; returns ``(model, tokenizer)``."""
     from instructedit_utils import setup_torch
-    from instructedit_utils.models import load_model
+    from instructedit_utils.models.loading import load_model
 
     setup_torch(args.threads, args.seed)
     model, tok = load_model(args.model)

@@ -1,12 +1,20 @@
 """instructedit_utils: the package behind the InstructEdit book.
 
-Modules follow the method's steps: :mod:`~instructedit_utils.records` (the record schema, file layouts and parsers),
-:mod:`~instructedit_utils.data` (task files and splits),
-:mod:`~instructedit_utils.instructions` (instruction construction), :mod:`~instructedit_utils.models` (model
-loading, edit targets), :mod:`~instructedit_utils.metrics` and :mod:`~instructedit_utils.evaluation` (the paper's
-metrics), :mod:`~instructedit_utils.plotting`, :mod:`~instructedit_utils.runs` (run folders),
-:mod:`~instructedit_utils.parameters` (one source of parameters: notebooks' parameters cells, profiles, command lines)
-and :mod:`~instructedit_utils.runner` (papermill and the book build).
+Subpackages by role, each importing only the layers below it (``tests/unit/test_layers.py`` runs import-linter's
+contracts; the file map is ``instructedit_utils/README.md``), from the bottom:
+
+:mod:`~instructedit_utils.util` (paths, run folders, torch settings) →
+:mod:`~instructedit_utils.data` (records, tasks, instructions, the paper's numbers) and
+:mod:`~instructedit_utils.models` (loading, metrics, split forward passes, edit targets, weight deltas) →
+:mod:`~instructedit_utils.config` (one typed config per axis, notebook parameters) →
+:mod:`~instructedit_utils.methods` (the registry, MEND, KE, FT-L, CaliNet, GRACE) →
+:mod:`~instructedit_utils.evaluation` (the harness, scoring, summaries, editing areas) →
+:mod:`~instructedit_utils.training` (the trainer, workers, the mixture plan) →
+:mod:`~instructedit_utils.experiments` (the paper's settings, deployment) →
+:mod:`~instructedit_utils.analysis` (verdicts, tables, findings, plots) →
+:mod:`~instructedit_utils.search` (instruction search) → :mod:`~instructedit_utils.publish` (runner, sweeps, results).
+
+This face exposes what a notebook needs first; everything else is imported from its subpackage.
 """
 from __future__ import annotations
 
@@ -17,24 +25,14 @@ import warnings  # noqa: E402
 # tqdm.auto (imported by transformers) warns in kernels without ipywidgets; progress bars fall back to text anyway.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from .config import ExperimentConfig, ModelConfig  # noqa: E402
-from .data import TASKS, EditRecord, Probe, load_split, load_task  # noqa: E402
-from .instructions import EditRequest, InstructionPool, default_pool, make_edit_request  # noqa: E402
+from .config.experiment import ExperimentConfig, ModelConfig
+from .config.method import MethodConfig
+from .data.tasks import TASKS, load_split, load_task
+from .data.records import EditRecord, Probe
+from .data.instructions import EditRequest, InstructionPool, default_pool, make_edit_request
+from .models.loading import load_model
+from .util.runtime import setup_torch
 
-
-def setup_torch(num_threads: int | None = None, seed: int = 0) -> None:
-    """Set torch's intra-op threads (explicitly: contention on 2 shared cores hurts) and all seeds."""
-    import random
-
-    import numpy as np
-    import torch
-
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-__all__ = ["ExperimentConfig", "ModelConfig", "TASKS", "EditRecord", "Probe", "load_split", "load_task",
-           "EditRequest", "InstructionPool", "default_pool", "make_edit_request", "setup_torch", "__version__"]
+__all__ = ["ExperimentConfig", "MethodConfig", "ModelConfig", "TASKS", "EditRecord", "EditRequest", "InstructionPool",
+           "Probe", "default_pool", "load_split", "load_task", "make_edit_request", "load_model", "setup_torch",
+           "__version__"]
