@@ -26,7 +26,8 @@ from instructedit_utils.evaluation.requests import build_requests
 from instructedit_utils.evaluation.harness import evaluate_method
 from instructedit_utils.evaluation.summaries import paired_difference, summarize
 from instructedit_utils.models.forward import FullForward
-from instructedit_utils.models.forward import SplitForward, score_split
+from instructedit_utils.models.forward import SplitForward
+from instructedit_utils.models.batches import score_split
 from instructedit_utils.models.metrics import encode_pair, score_encoded
 from instructedit_utils.util.runs import RunFolder, SettingsMismatch
 from helpers import tiny_editor

@@ -7,7 +7,7 @@ from instructedit_utils.models.targets import EditTarget, Factors, edit_targets
 from instructedit_utils.methods.mend import MendEditor
 from instructedit_utils.methods.networks import RunningNorm
 from instructedit_utils.models.deltas import applied
-from instructedit_utils.models.forward import nll
+from instructedit_utils.models.losses import nll
 from instructedit_utils.models.forward import SplitForward, length_batches, supports_split
 from instructedit_utils.models.metrics import _pad_batch, encode_pair
 
@@ -306,7 +306,7 @@ def test_split_forward_header_cache_is_bounded(tiny_llama):
 def test_fused_head_nll_equals_the_plain_loss_and_gradient():
     """One read of the LM head for loss and gradient (online softmax over vocabulary blocks of any size) gives the
     plain log-softmax NLL and its gradient w.r.t. the hidden states; a trainable head is refused."""
-    from instructedit_utils.models.forward import fused_head_nll
+    from instructedit_utils.models.losses import fused_head_nll
 
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(1000, 16, generator=gen, dtype=torch.float64) * 3

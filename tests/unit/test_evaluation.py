@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -21,8 +22,11 @@ def test_score_requests_keys_and_ranges(tiny_llama, cf_records, convsent_records
     cases, raw = score_requests(model, tok, reqs, fluency_max_new_tokens=4)
     assert [c["case_id"] for c in cases] == [r.case_id for r in reqs]
     cf, cs = cases[0], cases[2]
-    for key in ("edit/acc", "port/acc", "loc/gold_acc", "fluency/entropy"):
+    for key in ("edit/acc", "port/acc", "loc/gold_acc"):
         assert 0.0 <= cf[key] <= 1.0  # shares, not percent
+    # Fluency: bits of a weighted mean of bi- and trigram entropies, at most the entropy of all-distinct bigrams
+    n_words = len(re.findall(r"\w+|[^\w\s]", cf["generation"]))
+    assert 0.0 < cf["fluency/entropy"] <= math.log2(n_words - 1)
     assert "gen/acc" not in cf  # the hand-made CounterFact records have no rephrases
     assert 0.0 <= cs["sentiment/success"] <= 1.0 and "gen/acc" not in cs  # the paper has no ConvSent Generalization
     # ConvSent's Reliability is its sentiment edit success; the unedited model keeps the topic (z_topic = 1)

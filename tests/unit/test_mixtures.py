@@ -21,7 +21,8 @@ from instructedit_utils.evaluation.gradients import Sketch, editing_areas
 from instructedit_utils.util.runs import RunFolder
 
 from test_gradients import _editor, _records as _cf_records
-from test_training import _config, _state, _train
+from helpers import editor_state as _state, tiny_method_config as _config
+from test_training import _train
 
 
 def test_sampler_draws_tasks_in_the_configured_proportions():
