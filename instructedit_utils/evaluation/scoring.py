@@ -1,4 +1,6 @@
-"""Evaluation: score a model on edit requests, one flat metrics dict per case, summaries with bootstrap CIs.
+"""Scoring one model on edit requests: one flat metrics dict per case (the paper's metrics, keys below), every
+(prompt, answer) pair of many cases in shared batches (:func:`score_requests`), greedy generation-based success
+(:func:`greedy_success`) and edited models generating in one batch (:func:`generate_edited`).
 
 Metric keys (slash-separated, MEND style):
 
