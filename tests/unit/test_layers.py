@@ -1,6 +1,8 @@
 """The package's layer contract (``[tool.importlinter]`` in pyproject.toml): subpackages import only the layers below
 them, no module is part of an import circle, and no module imports through the package root."""
 import ast
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -98,3 +100,43 @@ def test_imports_sit_at_the_top_of_modules():
                     if isinstance(node, ast.ImportFrom) and node.level > 0:
                         inside.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert inside == []
+
+
+def test_the_circle_finder_finds_circles():
+    """The circle test can fail: a hand-made graph with one circle of three modules and a tail."""
+    g = grimp.ImportGraph()
+    for importer, imported in [("p.a", "p.b"), ("p.b", "p.c"), ("p.c", "p.a"), ("p.c", "p.d"), ("p.e", "p.d")]:
+        g.add_import(importer=importer, imported=imported)
+    assert _circles(g) == [{"p.a", "p.b", "p.c"}]
+
+
+def _modules() -> set[str]:
+    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py")
+            if p.parent != PACKAGE and p.name not in ("__init__.py", "__main__.py")}
+
+
+def test_the_file_map_names_every_module():
+    """`instructedit_utils/README.md` has a line on every module, and every module it names exists."""
+    text = (PACKAGE / "README.md").read_text()
+    named = set()
+    for room, body in re.findall(r"\*\*`(\w+)`\*\* — (.*?)(?:\n\n|$)", text, flags=re.S):
+        named |= {f"{room}.{m}" for m in re.findall(r"`(\w+)`\s+\(", body)}
+    chapters = set(re.findall(r"`(\w+\.\w+)`", text.split("## Chapter → modules")[1].split("## Modules")[0]))
+    assert named == _modules()
+    assert chapters <= _modules(), chapters - _modules()
+
+
+def test_every_chapter_names_the_modules_it_uses():
+    """Each notebook's overview has a **Modules.** paragraph naming modules that exist, among them every module the
+    notebook imports by name."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        overview = "".join(cells[0]["source"])
+        assert "**Modules.**" in overview, path.name
+        named = set(re.findall(r"`(\w+\.\w+)`", overview.split("**Modules.**")[1]))
+        assert named and named <= _modules(), (path.name, named - _modules())
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        imported = {f"{room}.{m.strip().split(' ')[0]}" for room, names in
+                    re.findall(r"^from instructedit_utils\.(\w+) import ([^\n(]+)$", code, flags=re.M)
+                    for m in names.split(",")}
+        assert imported & _modules() <= named, (path.name, (imported & _modules()) - named)
