@@ -1,6 +1,7 @@
 """The package's layer contract (``[tool.importlinter]`` in pyproject.toml): subpackages import only the layers below
 them, no module is part of an import circle, and no module imports through the package root."""
 import ast
+import importlib
 import json
 import re
 import shutil
@@ -140,3 +141,40 @@ def test_every_chapter_names_the_modules_it_uses():
                     re.findall(r"^from instructedit_utils\.(\w+) import ([^\n(]+)$", code, flags=re.M)
                     for m in names.split(",")}
         assert imported & _modules() <= named, (path.name, (imported & _modules()) - named)
+
+
+def _notebook_references(source: str) -> tuple[list[str], list[str]]:
+    """(names imported from the package that do not exist, `name.attribute` uses of imported package names that do
+    not exist) in a notebook's code."""
+    tree = ast.parse("\n".join(line for line in source.split("\n") if not line.lstrip().startswith(("%", "!"))))
+    names, missing, attributes = {}, [], []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("instructedit_utils"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if hasattr(module, alias.name):
+                    names[alias.asname or alias.name] = getattr(module, alias.name)
+                else:
+                    try:
+                        names[alias.asname or alias.name] = importlib.import_module(f"{node.module}.{alias.name}")
+                    except ImportError:
+                        missing.append(f"{node.module}.{alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names:
+            if not hasattr(names[node.value.id], node.attr):
+                attributes.append(f"{node.value.id}.{node.attr}")
+    return missing, attributes
+
+
+def test_the_reference_finder_finds_missing_names():
+    source = ("from instructedit_utils import data, no_such_thing\n%matplotlib inline\n"
+              "data.load_task('zsre')\ndata.no_such_function()\n")
+    assert _notebook_references(source) == (["instructedit_utils.no_such_thing"], ["data.no_such_function"])
+
+
+def test_every_name_a_notebook_uses_from_the_package_exists():
+    """A static check of every chapter against the package's faces, seconds instead of a papermill run."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        assert _notebook_references(code) == ([], []), path.name

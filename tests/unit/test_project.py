@@ -72,3 +72,13 @@ def test_no_task_data_is_committed():
     data_names = {"zsre_mend_eval_portability_gpt4.json", "recent_train.json", "benchmark_wiki_counterfact_train_cf.json",
                   "benchmark_Convsent_blender_test.json", "benchmark_Convsent_blender_val.json"}
     assert not [f for f in tracked if Path(f).name in data_names or "wiki_counterfact" in f]
+
+
+def test_every_file_of_the_package_is_tracked():
+    """An ignore rule must not swallow part of the package (a root-level `data/` rule once hid `data/__init__.py`, and
+    a fresh clone could not import the data subpackage's face)."""
+    ignored = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "instructedit_utils",
+                              "notebooks", "tests", "benchmarks"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    ignored = [f for f in ignored if "__pycache__" not in f and not f.endswith(".pyc")]
+    assert ignored == []
