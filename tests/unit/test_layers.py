@@ -1,7 +1,9 @@
 """The package's layer contract (``[tool.importlinter]`` in pyproject.toml): subpackages import only the layers below
 them, no module is part of an import circle, and no module imports through the package root."""
 import ast
+import dataclasses
 import importlib
+import inspect
 import json
 import re
 import shutil
@@ -143,6 +145,15 @@ def test_every_chapter_names_the_modules_it_uses():
         assert imported & _modules() <= named, (path.name, (imported & _modules()) - named)
 
 
+def _instance_attributes(cls: type) -> set[str]:
+    """Attributes an instance has beyond its class's: dataclass fields and ``self.name = …`` in the class body."""
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    tree = ast.parse(inspect.getsource(cls).lstrip() if not dataclasses.is_dataclass(cls) else "")
+    return fields | {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                     and isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name)
+                     and node.value.id == "self"}
+
+
 def _notebook_references(source: str) -> tuple[list[str], list[str]]:
     """(names imported from the package that do not exist, `name.attribute` uses of imported package names that do
     not exist) in a notebook's code."""
@@ -159,17 +170,33 @@ def _notebook_references(source: str) -> tuple[list[str], list[str]]:
                         names[alias.asname or alias.name] = importlib.import_module(f"{node.module}.{alias.name}")
                     except ImportError:
                         missing.append(f"{node.module}.{alias.name}")
+    instances = {}  # `cfg = ExperimentConfig.from_parameters(...)` or `cfg = SomeConfig(...)`: cfg is a SomeConfig
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names:
-            if not hasattr(names[node.value.id], node.attr):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and isinstance(node.value, ast.Call):
+            func = node.value.func
+            owner = func.value if isinstance(func, ast.Attribute) else func
+            if isinstance(owner, ast.Name) and isinstance(names.get(owner.id), type):
+                instances[node.targets[0].id] = names[owner.id]
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)):
+            continue
+        if node.value.id in names and not hasattr(names[node.value.id], node.attr):
+            attributes.append(f"{node.value.id}.{node.attr}")
+        elif node.value.id in instances:
+            cls = instances[node.value.id]
+            fields = _instance_attributes(cls)
+            if not hasattr(cls, node.attr) and node.attr not in fields:
                 attributes.append(f"{node.value.id}.{node.attr}")
     return missing, attributes
 
 
 def test_the_reference_finder_finds_missing_names():
-    source = ("from instructedit_utils import data, no_such_thing\n%matplotlib inline\n"
-              "data.load_task('zsre')\ndata.no_such_function()\n")
-    assert _notebook_references(source) == (["instructedit_utils.no_such_thing"], ["data.no_such_function"])
+    source = ("from instructedit_utils import ExperimentConfig, data, no_such_thing\n%matplotlib inline\n"
+              "data.load_task('zsre')\ndata.no_such_function()\n"
+              "cfg = ExperimentConfig.from_parameters(profile='ci')\ncfg.seed, cfg.editor_configs(), cfg.moved_away()\n")
+    assert _notebook_references(source) == (["instructedit_utils.no_such_thing"],
+                                            ["data.no_such_function", "cfg.moved_away"])
 
 
 def test_every_name_a_notebook_uses_from_the_package_exists():
