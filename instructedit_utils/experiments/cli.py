@@ -62,3 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary.to_string())
     print(f"[instructedit-eval] wrote {Path(cfg.run_dir) / args.setting}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
