@@ -164,12 +164,16 @@ def test_params_written(tmp_path):
     assert params["model"]["edit_layers"] == [2, 3] and "torch" in params["_versions"]
 
 
-@pytest.mark.parametrize("bad", [dict(profile="huge"), dict(split="nope"), dict(batch_size=0),
-                                 dict(sample_per_task=0), dict(bogus=1), dict(dtype="int8")])
-def test_config_validation(bad, tmp_path):
+@pytest.mark.parametrize("bad, error, says", [
+    (dict(profile="huge"), ValueError, "profile must be one of"), (dict(split="nope"), ValueError, "has no split 'nope'"),
+    (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
+    (dict(sample_per_task=0), ValueError, "sample_per_task must be >= 1"),
+    (dict(bogus=1), TypeError, r"Unknown experiment parameter\(s\): \['bogus'\]"),
+    (dict(dtype="int8"), ValueError, "dtype must be float32/float16/bfloat16, got 'int8'")])
+def test_config_validation(bad, error, says, tmp_path):
     from instructedit_utils import ExperimentConfig
 
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises(error, match=says):
         ExperimentConfig.from_parameters(run_dir=str(tmp_path), **bad)
 
 

@@ -60,7 +60,8 @@ def test_filters_give_each_rejection_its_reason(cf_records):
     assert check("Be [LABEL] when you talk", "convsent") == "missing slot [TOPIC]"
     assert check("Replace the answer, with the NEW object!") == "duplicate of the held-out description"
     assert check("Please replace the answer with the new object").startswith("near-duplicate (0.8")
-    assert check("Say the name of the father of Leonardo") is not None  # a locality prompt is not test text …
+    # a locality prompt is test text too
+    assert check("Say the name of the father of Leonardo") == "copies test record counterfact/hand/0 ('the name of the')"
     assert check("Answer the country of citizenship of Leonardo DiCaprio").startswith("copies test record counterfact/")
     assert check("Answer about Leonardo DiCaprio now please").startswith("copies test record")  # a 2-word subject
     assert check("Edit the stored fact and reply with it") is None
