@@ -3,7 +3,7 @@
 Jupyter Book 1.x's build emits ``env-before-read-docs`` twice, so sphinx-thebe and sphinx-togglebutton add their
 inline configuration scripts twice; sphinx-thebe's declares ``const THEBE_JS_URL``, and its second copy is a
 JavaScript error on every page ("Identifier 'THEBE_JS_URL' has already been declared"), which the browser test
-(tests/test_browser.py) catches. This drops exact repeats (same file or body and attributes, whatever the
+(tests/book/test_browser.py) catches. This drops exact repeats (same file or body and attributes, whatever the
 priority) from each page.
 """
 

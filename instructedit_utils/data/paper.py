@@ -3,7 +3,7 @@
 The file holds every cell of the paper's Table 1 (transfer) and Table 3 (seven methods, GPT2-XL and LLaMA-2), the
 numbers its text quotes (the abstract's average gain, Finding 3's hold-out Reliability before and after balancing,
 Fig. 4d's balanced ConvSent size) and, apart, the dataset sizes its mixtures rest on but its text does not print.
-``tests/test_paper.py`` checks each one against the paper's text in ``../shared/paper/``.
+``tests/integration/test_paper.py`` checks each one against the paper's text in ``../shared/paper/``.
 
 Values are percentages as printed; :func:`table3` and :func:`table1` also give them as shares (``share``, in
 [0, 1], the book's unit). The paper's Fluency is the n-gram entropy × 100 (:data:`FLUENCY_SCALE`).
