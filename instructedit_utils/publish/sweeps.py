@@ -41,7 +41,7 @@ from ..evaluation.summaries import is_fraction
 from ..config.parameters import DERIVED, notebook_config, notebook_path, overrides_by_notebook, read_yaml_mapping
 from ..util.paths import display_path, project_path
 from ..analysis.plotting import plot_sweep
-from .runner import prepare_models
+from .runner import prepare_models, run_notebook
 
 SWEEPS_DIR = "runs/sweeps"
 KEYS = ("name", "profile", "notebooks", "fixed", "grid", "runs", "sweep_dir", "report")
@@ -221,6 +221,7 @@ def execute_run(cfg: SweepConfig, params: dict[str, Any],
     """Execute every notebook of one run into its folder; the status (``done`` or ``failed`` with where and why)."""
     folder = cfg.sweep_dir / run_id(params)
     if execute is None:
+        execute = run_notebook
         prepare_models(cfg.notebooks, cfg.profile, {**cfg.fixed, **params})  # GGUF conversion here, not on a page
     _write_json(folder / "params.json", run_params(cfg, params))
     started = time.time()

@@ -157,3 +157,16 @@ def test_command_line_dry_run_and_errors(tmp_path, capsys):
     assert "rank-16" in capsys.readouterr().out
     assert sweeps.main([str(write_sweep(tmp_path, grid={"nope": [1]}))]) == 2
     assert "has the parameter(s) ['nope']" in capsys.readouterr().out
+
+
+def test_without_an_executor_a_run_goes_through_the_book_runner(tmp_path, monkeypatch):
+    """The default executor is the runner's ``run_notebook`` (after the model preparation), the path CI's real sweep
+    takes; stand-ins for both record the calls."""
+    prepared, fake = [], FakeExecutor()
+    monkeypatch.setattr(sweeps, "prepare_models", lambda notebooks, profile, params: prepared.append(list(notebooks)))
+    monkeypatch.setattr(sweeps, "run_notebook", fake)
+    cfg = sweeps.SweepConfig.load(write_sweep(tmp_path, grid={"rank": [8]}))
+    runs = sweeps.run_sweep(cfg, log=lambda s: None)
+    assert list(runs["state"]) == ["done"] and prepared == [["02_editor_training"]]
+    assert [(name, profile, overrides["rank"]) for name, profile, overrides in fake.calls] == [
+        ("02_editor_training", "ci", 8)]
