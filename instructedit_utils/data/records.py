@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 SENTIMENTS = ("positive", "negative")
 
@@ -256,6 +257,26 @@ def read_rows(path: str) -> tuple:
     return _parse_file(str(p), st.st_size, st.st_mtime_ns)
 
 
+def iter_json_lines(path: str | os.PathLike, text: str | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number from 1, value) of each non-blank line of a JSON-lines file.
+
+    An invalid line raises `RecordError` naming the file, the line and the record's index among the values."""
+    path = Path(path)
+    if text is None:
+        text = path.read_text(encoding="utf-8")
+    count = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{path} line {lineno} (record {count}): invalid JSON ({exc.msg} at "
+                              f"column {exc.colno})") from None
+        count += 1
+        yield lineno, value
+
+
 @functools.lru_cache(maxsize=16)
 def _parse_file(path: str, size: int, mtime_ns: int) -> tuple:
     p = Path(path)
@@ -264,14 +285,7 @@ def _parse_file(path: str, size: int, mtime_ns: int) -> tuple:
     except UnicodeDecodeError as exc:
         raise RecordError(f"{p}: not UTF-8 text ({exc})") from None
     if p.suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(text.splitlines()):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise RecordError(f"{p} line {lineno + 1} (record {len(rows)}): invalid JSON ({exc.msg} at "
-                                      f"column {exc.colno})") from None
+        rows = [row for _, row in iter_json_lines(p, text)]
     else:
         try:
             rows = json.loads(text)

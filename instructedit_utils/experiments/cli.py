@@ -16,6 +16,7 @@ from ..util.runtime import setup_torch
 from . import mixtures
 from .settings import NOTEBOOKS, SETTINGS, gradients, holdout, multitask, transfer, unseen
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("setting", choices=SETTINGS)

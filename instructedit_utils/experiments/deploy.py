@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 from ..data.tasks import TASKS
 from ..data.instructions import EditRequest, InstructionPool, TASK_SLOTS, default_pool, make_edit_request
 from ..models.metrics import generate, generation_success, score_targets
-from ..data.records import EditRecord
+from ..data.records import EditRecord, iter_json_lines
 from ..config.parameters import add_arguments, config_from_args as notebook_config_from_args, parse_cli
 from ..methods.registry import EditingMethod
 from ..models.deltas import applied
@@ -71,14 +71,8 @@ def read_edits(path: str | os.PathLike) -> list[EditSpec]:
     if not path.is_file():
         raise FileNotFoundError(f"No edits file {path}")
     out = []
-    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
+    for n, item in iter_json_lines(path):
         where = f"{path}:{n}"
-        try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(item, dict):
             raise ValueError(f"{where}: expected a JSON object with prompt and target, got {type(item).__name__}")
         unknown = set(item) - FIELDS

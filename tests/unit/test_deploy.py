@@ -40,7 +40,7 @@ def _mend(model, instructions=True):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("{not json", r"edits.jsonl:2: not valid JSON"),
+    ("{not json", r"edits.jsonl line 2 \(record 1\): invalid JSON"),
     ('["a", "b"]', r"edits.jsonl:2: expected a JSON object"),
     ('{"prompt": "p", "target": "  "}', r"edits.jsonl:2: empty or missing target"),
     ('{"prompt": "p"}', r"edits.jsonl:2: empty or missing target"),

@@ -1,0 +1,388 @@
+"""Benchmark of the levers on the book's cost (issue 27), each measured side by side in one process, one thread:
+
+* ``lower`` — the frozen blocks below the edited ones. For chapter 2's editor configuration (``--profile``), one
+  training step (forward, backward, optimizer step) is timed three ways on the same examples, interleaved: as the
+  trainer runs it; with the lower pass alone; with the lower states handed in (what a cache hit costs). Then the
+  trainer's own draws of every editor chapter 2 trains are replayed (tokenised, no model) and the lower-pass
+  sequences counted: how many tokens a cache keyed by the tokens would serve again, within one editor and across
+  editors. Projected speed-up of training = time as run / (time as run − hit share × lower time).
+* ``bf16`` — the same lower pass with a bfloat16 copy of the model against float32: time, the states' relative
+  error, and the step loss computed from either (the editor's upper blocks in float32 both times).
+* ``baselines`` — FT-L, CaliNet and GRACE: seconds per edit and the edit's teacher-forced accuracy with their
+  Table 3 settings and with fewer optimisation steps (``--fewer-steps``), the variants interleaved per edit, next to
+  a plain forward pass over the same tokens.
+* ``schedule`` — from a finished run folder (``--runs-dir``): chapter 2's wall time against its editors' training
+  times divided by the workers, and the same jobs in one longest-first order (list scheduling of the recorded times;
+  a computation from measured times, not a second run).
+
+    python benchmarks/bench_levers.py                                  # every lever, cpu profile
+    python benchmarks/bench_levers.py --levers lower bf16 --steps 12
+    python benchmarks/bench_levers.py --levers schedule --runs-dir runs/cpu
+
+Run it alone (no other torch process on the machine). Prints one JSON object per lever and a readable line.
+Nothing here is a test.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import heapq
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+LEVERS = ("lower", "bf16", "baselines", "schedule")
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+# ---- chapter 2's editor and its examples -------------------------------------------------------------------------
+
+def book_config(profile: str):
+    from instructedit_utils.config.parameters import notebook_config
+
+    return notebook_config("02_editor_training", profile)
+
+
+def trainer_examples(config, tokenizer, records, pool, steps: int, start: int = 0):
+    """The examples the trainer draws for ``config`` at steps ``start..start+steps-1`` (its own seeds and sampler)."""
+    from instructedit_utils.data.instructions import make_edit_request
+    from instructedit_utils.training.step import TaskSampler, make_example
+
+    sampler = TaskSampler(records, config.weights(), config.seed)
+    out = []
+    for step in range(start + steps):
+        for micro in range(config.grad_accumulation):
+            rng = random.Random(f"{config.seed}/{step}/{micro}/0")
+            request = make_edit_request(sampler.draw(rng), instructions=config.use_instructions, rng=rng, pool=pool)
+            example = make_example(request, tokenizer, rng, config)
+            if step >= start:
+                out.append(example)
+    return out
+
+
+def lower_inputs(example):
+    """What :func:`~instructedit_utils.training.step.edit_step` hands the lower pass: (sequences, header, rows)."""
+    instructed = [example.edit] + example.likely + example.unlikely
+    return [s.inputs for s in instructed] + [s.input_ids for s in example.loc], example.header, len(instructed)
+
+
+def fresh_editor(model, tokenizer, config, edit_layers, records):
+    import torch
+
+    from instructedit_utils.methods import MendEditor
+    from instructedit_utils.training.step import warm_up_normalization
+
+    torch.manual_seed(config.seed)
+    editor = MendEditor.for_model(model, config, edit_layers)
+    if config.normalize:
+        warm_up_normalization(editor, model, tokenizer, records, config)
+    editor.train()
+    optimizer = torch.optim.Adam([{"params": editor.network_parameters(), "lr": config.lr},
+                                  {"params": editor.step_size_parameters(), "lr": config.lr_lr}], fused=True)
+    return editor, optimizer
+
+
+def train_step(editor, optimizer, model, example, config, pad_id, lowers=None) -> float:
+    """One training step; with ``lowers`` the lower pass is served those states (a cache hit)."""
+    from instructedit_utils.training.step import edit_step
+
+    runner = editor.runner(model)
+    if lowers is not None:
+        runner.lower = lambda *args, **kwargs: lowers
+    try:
+        loss, _ = edit_step(editor, model, example, config, pad_id)
+    finally:
+        runner.__dict__.pop("lower", None)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+# ---- lever: the frozen lower blocks ------------------------------------------------------------------------------
+
+def lower_share(model, tok, cfg, args) -> dict:
+    from instructedit_utils.data.instructions import load_pool
+    from instructedit_utils.data.tasks import load_task
+
+    config = cfg.method
+    records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
+    editor, optimizer = fresh_editor(model, tok, config, cfg.model.edit_layers, records)
+    runner = editor.runner(model)
+    examples = trainer_examples(config, tok, records, load_pool(config.instructions_file), args.warmup + args.steps)
+    as_run, lower_only, served = [], [], []
+    for i, ex in enumerate(examples):
+        t_lower, lowers = _timed(lambda: runner.lower(*lower_inputs(ex)[:2], header_rows=lower_inputs(ex)[2]))
+        t_run, _ = _timed(lambda: train_step(editor, optimizer, model, ex, config, tok.pad_token_id))
+        t_served, _ = _timed(lambda: train_step(editor, optimizer, model, ex, config, tok.pad_token_id, lowers))
+        if i >= args.warmup:
+            as_run.append(t_run), lower_only.append(t_lower), served.append(t_served)
+    return {"editor": config.name, "steps_timed": len(as_run), "step_s": statistics.median(as_run),
+            "lower_s": statistics.median(lower_only), "served_step_s": statistics.median(served)}
+
+
+def plan_repeats(tok, cfg, limit: int | None) -> dict:
+    """Lower-pass tokens of every editor chapter 2 trains (its draws replayed), and how many a cache would serve."""
+    from instructedit_utils.data.instructions import load_pool
+    from instructedit_utils.data.tasks import load_task
+    from instructedit_utils.models.forward import common_prefix_len
+    from instructedit_utils.training.plan import training_configs
+
+    seen_any: set = set()
+    total = within = across = 0
+    per_editor = {}
+    for name, config in training_configs(cfg).items():
+        records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
+        steps = min(config.steps, limit) if limit else config.steps
+        seen: set = set()
+        tokens = hits = 0
+        for ex in trainer_examples(config, tok, records, load_pool(config.instructions_file), steps):
+            seqs, header, rows = lower_inputs(ex)
+            for i, seq in enumerate(seqs):
+                head = header if i < rows else ()
+                key = (head, tuple(seq))
+                n = len(seq) - (common_prefix_len(seq, head) if head else 0)  # the header comes from its own cache
+                tokens += n
+                hits += n if key in seen else 0
+                across += n if key not in seen and key in seen_any else 0
+                seen.add(key)
+            seen_any |= seen
+        total += tokens
+        within += hits
+        per_editor[name] = {"steps": steps, "tokens": tokens, "repeat_share": hits / max(tokens, 1)}
+    return {"editors": per_editor, "tokens": total, "within_editor_share": within / max(total, 1),
+            "across_editors_share": (within + across) / max(total, 1)}
+
+
+def lever_lower(model, tok, cfg, args) -> dict:
+    timing = lower_share(model, tok, cfg, args)
+    repeats = plan_repeats(tok, cfg, args.plan_steps)
+    share = repeats["across_editors_share"]
+    step, lower = timing["step_s"], timing["lower_s"]
+    return {**timing, "lower_fraction": lower / step, **{k: v for k, v in repeats.items() if k != "editors"},
+            "projected_speedup": step / (step - share * (step - timing["served_step_s"])),
+            "editors": repeats["editors"]}
+
+
+# ---- lever: bfloat16 lower blocks --------------------------------------------------------------------------------
+
+def lever_bf16(model, tok, cfg, args) -> dict:
+    import torch
+
+    from instructedit_utils.data.instructions import load_pool
+    from instructedit_utils.data.tasks import load_task
+    from instructedit_utils.models.forward import SplitForward
+
+    config = cfg.method
+    records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
+    editor, _ = fresh_editor(model, tok, config, cfg.model.edit_layers, records)
+    runner = editor.runner(model)
+    half = SplitForward(copy.deepcopy(model).to(torch.bfloat16), runner.start)
+    examples = trainer_examples(config, tok, records, load_pool(config.instructions_file), args.warmup + args.steps)
+    variants = {
+        "bf16_weights": lambda seqs, header, rows: [h.float() for h in half.lower(seqs, header, header_rows=rows)],
+        "autocast": lambda seqs, header, rows: _autocast_lower(runner, seqs, header, rows),
+    }
+    times = {"fp32": [], **{k: [] for k in variants}}
+    errors = {k: [] for k in variants}
+    loss_diff = {k: [] for k in variants}
+    for i, ex in enumerate(examples):
+        seqs, header, rows = lower_inputs(ex)
+        t, full = _timed(lambda: runner.lower(seqs, header, header_rows=rows))
+        times["fp32"].append(t)
+        reference = _step_loss(editor, model, ex, config, tok, full)
+        for key, fn in variants.items():
+            t, low = _timed(lambda: fn(seqs, header, rows))
+            times[key].append(t)
+            errors[key].append(max(float((x - y).norm() / x.norm()) for x, y in zip(full, low)))
+            loss_diff[key].append(abs(reference - _step_loss(editor, model, ex, config, tok, low)))
+    n = args.warmup
+    out = {"lower_fp32_s": statistics.median(times["fp32"][n:])}
+    for key in variants:
+        out[key] = {"lower_s": statistics.median(times[key][n:]),
+                    "speedup": out["lower_fp32_s"] / statistics.median(times[key][n:]),
+                    "state_rel_error_max": max(errors[key][n:]),
+                    "step_loss_abs_diff_median": statistics.median(loss_diff[key][n:]),
+                    "step_loss_abs_diff_max": max(loss_diff[key][n:])}
+    return out
+
+
+_AUTOCAST_HEADERS: dict = {}
+
+
+def _autocast_lower(runner, seqs, header, rows):
+    """The float32 model's lower pass under CPU autocast (bfloat16 matrix products, float32 elsewhere), with a header
+    cache of its own (headers computed under autocast too)."""
+    import torch
+
+    saved = runner.headers
+    runner.headers = _AUTOCAST_HEADERS.setdefault(id(runner), type(saved)())
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return [h.float() for h in runner.lower(seqs, header, header_rows=rows)]
+    finally:
+        runner.headers = saved
+
+
+def _step_loss(editor, model, example, config, tok, lowers) -> float:
+    from instructedit_utils.training.step import edit_step
+
+    runner = editor.runner(model)
+    runner.lower = lambda *args, **kwargs: lowers
+    try:
+        loss, _ = edit_step(editor, model, example, config, tok.pad_token_id)
+    finally:
+        runner.__dict__.pop("lower", None)
+    return float(loss.detach())
+
+
+# ---- lever: cheaper optimisation baselines -----------------------------------------------------------------------
+
+def lever_baselines(model, tok, cfg, args) -> dict:
+    import torch
+
+    from instructedit_utils import methods
+    from instructedit_utils.data.tasks import load_task, sample
+    from instructedit_utils.evaluation.requests import build_requests
+    from instructedit_utils.models.batches import edit_batch
+    from instructedit_utils.models.metrics import encode_pair
+
+    records = [r for t in ("counterfact", "recent") for r in sample(load_task(t, "val", cfg.data_dir), args.edits, 0)]
+    requests = build_requests(records, instructions=False, seed=0)
+    layers = cfg.model.edit_layers
+    out = {}
+    for name in ("ft-l", "calinet", "grace"):
+        default = methods.build(name, model, tok, default_layers=layers)
+        variants = {"table3": default}
+        for steps in args.fewer_steps:
+            if steps < default.config.steps:
+                variants[f"steps={steps}"] = methods.build(name, model, tok, default_layers=layers, steps=steps)
+        times = {k: [] for k in variants}
+        accs = {k: [] for k in variants}
+        floor = []
+        for req in requests:
+            ids = torch.tensor([encode_pair(tok, req.prompt, req.target).input_ids])
+            t, _ = _timed(lambda: model(input_ids=ids))
+            floor.append(t)
+            for key, method in variants.items():
+                t, acc = _timed(lambda: _edit_accuracy(method, model, tok, req, edit_batch))
+                times[key].append(t), accs[key].append(acc)
+        out[name] = {key: {"edit_s": statistics.median(times[key]), "edit_acc": statistics.mean(accs[key]),
+                           "x_plain_forward": statistics.median(times[key]) / statistics.median(floor)}
+                     for key in variants}
+    return {"edits": len(requests), **out}
+
+
+def _edit_accuracy(method, model, tok, req, edit_batch) -> float:
+    """Enter ``method.edited`` for ``req`` and return the teacher-forced token accuracy of its target there."""
+    import torch
+
+    with method.edited(model, tok, req) as edited, torch.no_grad():
+        runner = method.runner(edited)
+        eb = edit_batch(runner, tok, req.prompt, req.target, req.header)
+        logits = runner.upper(eb.batch, eb.rows, eb.positions)
+        return float((logits.argmax(-1) == eb.targets).float().mean())
+
+
+# ---- lever: one schedule -----------------------------------------------------------------------------------------
+
+def list_schedule(durations: list[float], workers: int) -> float:
+    """Makespan of the jobs in the given order on ``workers`` identical workers (each job to the first free one)."""
+    free = [0.0] * workers
+    for d in durations:
+        heapq.heapreplace(free, free[0] + d)
+    return max(free)
+
+
+def lever_schedule(runs_dir: Path, workers: int) -> dict:
+    from instructedit_utils.training.plan import training_configs
+
+    folder = runs_dir / "02_editor_training"
+    cost = json.loads((folder / "cost.json").read_text())
+    cfg = book_config(cost["profile"])
+    times = {}
+    for name in training_configs(cfg):
+        done = folder / name / "done.json"
+        if not done.is_file():
+            raise FileNotFoundError(f"{done}: editor {name} has not finished; the schedule needs every editor's time")
+        times[name] = json.loads(done.read_text())["train_time_s"]
+    order = list(times.values())
+    return {"chapter2_wall_s": cost["wall_s"], "resumed": cost.get("resumed"), "jobs": len(order),
+            "train_s_sum": sum(order), "ideal_s": sum(order) / workers,
+            "plan_order_s": list_schedule(order, workers),
+            "longest_first_s": list_schedule(sorted(order, reverse=True), workers)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levers", nargs="+", choices=LEVERS, default=list(LEVERS))
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--plan-steps", type=int, help="replay at most this many steps per editor (default: all)")
+    parser.add_argument("--edits", type=int, default=6, help="validation records per task for the baselines")
+    parser.add_argument("--fewer-steps", type=int, nargs="+", default=[3, 10])
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/cpu"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    from instructedit_utils import setup_torch
+    from instructedit_utils.models.loading import load_model
+
+    results = {}
+    if "schedule" in args.levers:
+        results["schedule"] = lever_schedule(args.runs_dir, args.workers)
+    torch_levers = [lv for lv in args.levers if lv != "schedule"]
+    if torch_levers:
+        setup_torch(args.threads, 0)
+        cfg = book_config(args.profile)
+        model, tok = load_model(cfg.model.name)
+        model.requires_grad_(False)
+        for lever in torch_levers:
+            fn = {"lower": lever_lower, "bf16": lever_bf16, "baselines": lever_baselines}[lever]
+            results[lever] = fn(model, tok, cfg, args)
+    for lever, result in results.items():
+        print(json.dumps({"lever": lever, **result}))
+    print(summary(results), file=sys.stderr)
+    return 0
+
+
+def summary(results: dict) -> str:
+    lines = []
+    if "lower" in results:
+        r = results["lower"]
+        lines.append(f"lower: step {r['step_s']:.3f} s, lower pass {r['lower_s']:.3f} s "
+                     f"({100 * r['lower_fraction']:.0f} %), step with served states {r['served_step_s']:.3f} s; "
+                     f"chapter 2 repeats {100 * r['within_editor_share']:.0f} % of lower tokens within an editor, "
+                     f"{100 * r['across_editors_share']:.0f} % across editors -> projected x{r['projected_speedup']:.2f}")
+    if "bf16" in results:
+        r = results["bf16"]
+        for key in ("bf16_weights", "autocast"):
+            v = r[key]
+            lines.append(f"bf16 ({key}): lower pass x{v['speedup']:.2f} ({r['lower_fp32_s']:.3f} -> "
+                         f"{v['lower_s']:.3f} s), state error <= {v['state_rel_error_max']:.2e}, step loss |diff| "
+                         f"median {v['step_loss_abs_diff_median']:.2e}, max {v['step_loss_abs_diff_max']:.2e}")
+    if "baselines" in results:
+        for name, variants in results["baselines"].items():
+            if name != "edits":
+                lines.append(f"{name}: " + ", ".join(f"{k} {v['edit_s']:.3f} s ({v['x_plain_forward']:.0f}x fwd, "
+                                                     f"acc {100 * v['edit_acc']:.0f} %)" for k, v in variants.items()))
+    if "schedule" in results:
+        r = results["schedule"]
+        lines.append(f"schedule: chapter 2 wall {r['chapter2_wall_s'] / 60:.1f} min; jobs {r['train_s_sum'] / 60:.1f} "
+                     f"core-min -> ideal {r['ideal_s'] / 60:.1f}, plan order {r['plan_order_s'] / 60:.1f}, longest "
+                     f"first {r['longest_first_s'] / 60:.1f} min")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
