@@ -28,7 +28,6 @@ import argparse
 import copy
 import heapq
 import json
-import random
 import statistics
 import sys
 import time
@@ -51,21 +50,13 @@ def book_config(profile: str):
     return notebook_config("02_editor_training", profile)
 
 
-def trainer_examples(config, tokenizer, records, pool, steps: int, start: int = 0):
-    """The examples the trainer draws for ``config`` at steps ``start..start+steps-1`` (its own seeds and sampler)."""
-    from instructedit_utils.data.instructions import make_edit_request
-    from instructedit_utils.training.step import TaskSampler, make_example
+def trainer_examples(config, tokenizer, records, pool, steps: int):
+    """The examples the trainer draws for ``config`` in its first ``steps`` steps (its own seeds and sampler)."""
+    from instructedit_utils.training.step import TaskSampler, draw_example
 
     sampler = TaskSampler(records, config.weights(), config.seed)
-    out = []
-    for step in range(start + steps):
-        for micro in range(config.grad_accumulation):
-            rng = random.Random(f"{config.seed}/{step}/{micro}/0")
-            request = make_edit_request(sampler.draw(rng), instructions=config.use_instructions, rng=rng, pool=pool)
-            example = make_example(request, tokenizer, rng, config)
-            if step >= start:
-                out.append(example)
-    return out
+    return [draw_example(config, sampler, tokenizer, pool, step, micro)
+            for step in range(1, steps + 1) for micro in range(config.grad_accumulation)]
 
 
 def lower_inputs(example):
@@ -303,22 +294,33 @@ def list_schedule(durations: list[float], workers: int) -> float:
 
 
 def lever_schedule(runs_dir: Path, workers: int) -> dict:
+    """Chapter 2's pool replayed with the recorded time of every run (training steps plus validation rounds): in
+    the plan's order, in the pool's estimated longest-first order and in the true longest-first order."""
+    from instructedit_utils.models.loading import load_model
     from instructedit_utils.training.plan import training_configs
+    from instructedit_utils.training.pool import longest_first
 
     folder = runs_dir / "02_editor_training"
     cost = json.loads((folder / "cost.json").read_text())
     cfg = book_config(cost["profile"])
-    times = {}
-    for name in training_configs(cfg):
-        done = folder / name / "done.json"
-        if not done.is_file():
-            raise FileNotFoundError(f"{done}: editor {name} has not finished; the schedule needs every editor's time")
-        times[name] = json.loads(done.read_text())["train_time_s"]
-    order = list(times.values())
-    return {"chapter2_wall_s": cost["wall_s"], "resumed": cost.get("resumed"), "jobs": len(order),
-            "train_s_sum": sum(order), "ideal_s": sum(order) / workers,
-            "plan_order_s": list_schedule(order, workers),
-            "longest_first_s": list_schedule(sorted(order, reverse=True), workers)}
+    configs = training_configs(cfg)
+    times = {name: _run_time(folder / name) for name in configs}
+    estimated = longest_first(configs, load_model(cfg.model.name)[1], cfg.data_dir)
+    return {"chapter2_wall_s": cost["wall_s"], "resumed": cost.get("resumed"), "jobs": len(times),
+            "run_s_sum": sum(times.values()), "ideal_s": sum(times.values()) / workers,
+            "plan_order_s": list_schedule(list(times.values()), workers),
+            "estimated_longest_first_s": list_schedule([times[n] for n in estimated], workers),
+            "longest_first_s": list_schedule(sorted(times.values(), reverse=True), workers),
+            "estimated_order": estimated}
+
+
+def _run_time(directory: Path) -> float:
+    """A finished run's seconds: its training steps (``done.json``) plus its validation rounds (``val_log``)."""
+    done = directory / "done.json"
+    if not done.is_file():
+        raise FileNotFoundError(f"{done}: {directory.name} has not finished; the schedule needs every run's time")
+    rounds = [json.loads(line) for line in (directory / "val_log.jsonl").read_text().splitlines() if line.strip()]
+    return json.loads(done.read_text())["train_time_s"] + sum(r.get("time/val_s", 0.0) for r in rounds)
 
 
 def main(argv=None) -> int:
@@ -378,9 +380,10 @@ def summary(results: dict) -> str:
                                                      f"acc {100 * v['edit_acc']:.0f} %)" for k, v in variants.items()))
     if "schedule" in results:
         r = results["schedule"]
-        lines.append(f"schedule: chapter 2 wall {r['chapter2_wall_s'] / 60:.1f} min; jobs {r['train_s_sum'] / 60:.1f} "
-                     f"core-min -> ideal {r['ideal_s'] / 60:.1f}, plan order {r['plan_order_s'] / 60:.1f}, longest "
-                     f"first {r['longest_first_s'] / 60:.1f} min")
+        lines.append(f"schedule: chapter 2 wall {r['chapter2_wall_s'] / 60:.1f} min; runs {r['run_s_sum'] / 60:.1f} "
+                     f"core-min -> ideal {r['ideal_s'] / 60:.1f}, plan order {r['plan_order_s'] / 60:.1f}, estimated "
+                     f"longest first {r['estimated_longest_first_s'] / 60:.1f}, true longest first "
+                     f"{r['longest_first_s'] / 60:.1f} min")
     return "\n".join(lines)
 
 

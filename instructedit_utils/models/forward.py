@@ -87,15 +87,17 @@ class SplitForward:
         self._states: dict[tuple[int, ...], torch.Tensor] | None = None
 
     @contextlib.contextmanager
-    def reusing_states(self):
+    def reusing_states(self, states: dict | None = None):
         """Inside the block, lower states are kept and served again for the same sequence or any prefix of it.
 
         Scoring many prompts of one model and its edits (which never touch the lower blocks) then runs the lower
         blocks once per distinct prompt. Off by default: a training step must not depend on what was computed before
-        (resumed runs are bit-exact). The kept states are dropped on exit.
+        (resumed runs are bit-exact). The kept states are dropped on exit, unless the caller hands in ``states``, a
+        dict it keeps: they are kept there and served again in a later block with the same dict (the trainer's
+        validation rounds score the same requests every time; the states do not depend on the editor).
         """
         outer = self._states
-        self._states = {} if outer is None else outer
+        self._states = states if states is not None else ({} if outer is None else outer)
         try:
             yield self
         finally:
@@ -400,7 +402,7 @@ class FullForward:
         self.model = model
 
     @contextlib.contextmanager
-    def reusing_states(self):
+    def reusing_states(self, states: dict | None = None):
         yield self
 
     def lower(self, seqs: Sequence[Sequence[int]], header: Sequence[int] = (), header_rows: int | None = None

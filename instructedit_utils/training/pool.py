@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 from ..config.method import MethodConfig
 from ..data.instructions import EditRequest, load_pool, make_edit_request
 from ..data.records import EditRecord
+from ..data.tasks import load_task
 from ..evaluation.harness import evaluate_method
 from ..methods.mend import MendEditor, TrainedEditor
 from ..models.deltas import applied
@@ -20,6 +21,7 @@ from ..models.loading import load_model
 from ..models.metrics import generate
 from ..util.runtime import setup_torch
 from .plan import training_configs
+from .step import TaskSampler, draw_example, example_tokens
 from .trainer import TrainResult, _extendable, is_trained, train_editor
 import pandas as pd
 
@@ -46,6 +48,8 @@ def train_editors(cfg, model, tokenizer, configs: dict[str, MethodConfig] | None
     run_dir = Path(directory if directory is not None else cfg.run_dir)
     pending = [n for n, c in configs.items() if not is_trained(run_dir / n) or _extendable(run_dir / n, c)]
     if workers > 1 and len(pending) > 1 and cfg.model.device == "cpu":
+        # longest first: no core idles at the end while one long run finishes alone
+        pending = longest_first({n: configs[n] for n in pending}, tokenizer, cfg.data_dir)
         n = min(workers, len(pending))
         threads = worker_threads(cfg.model.num_threads, n)
         (log or (lambda msg: None))(f"training {', '.join(pending)} in {n} processes x {threads} thread(s)")
@@ -57,6 +61,26 @@ def train_editors(cfg, model, tokenizer, configs: dict[str, MethodConfig] | None
     return {name: train_editor(model, tokenizer, config, run_dir / name, edit_layers=cfg.model.edit_layers,
                                data_dir=cfg.data_dir, progress=progress, log=log)
             for name, config in configs.items()}
+
+
+def estimated_cost(config: MethodConfig, tokenizer, data_dir=None, draws: int = 16) -> float:
+    """A training run's cost in relative units, to order runs: its steps times the mean tokens of its first
+    ``draws`` training examples (the trainer's own draws; a ConvSent example, with its likely and unlikely responses,
+    has about three times the tokens of a CounterFact one), plus one step's worth per validation round."""
+    records = {t: load_task(t, "train", data_dir) for t in config.tasks}
+    sampler = TaskSampler(records, config.weights(), config.seed)
+    pool = load_pool(config.instructions_file)
+    n = min(draws, config.steps)
+    tokens = [example_tokens(draw_example(config, sampler, tokenizer, pool, step)) for step in range(1, n + 1)]
+    return (config.steps + config.steps // config.val_every + 1) * sum(tokens) / max(len(tokens), 1)
+
+
+def longest_first(configs: dict[str, MethodConfig], tokenizer, data_dir=None) -> list[str]:
+    """The names of ``configs`` by :func:`estimated_cost`, the most expensive first (ties in the given order):
+    list scheduling of a pool of workers ends sooner that way (measured by ``benchmarks/bench_levers.py
+    --levers schedule``)."""
+    cost = {name: estimated_cost(c, tokenizer, data_dir) for name, c in configs.items()}
+    return sorted(configs, key=lambda name: -cost[name])
 
 
 def _train_worker(model: dict[str, Any], config: dict[str, Any], directory: str, data_dir, threads: int) -> dict:

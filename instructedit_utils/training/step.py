@@ -95,6 +95,23 @@ class TaskSampler:
         self.cursor = {t: list(c) for t, c in state["cursor"].items()}
 
 
+def draw_example(config: MethodConfig, sampler: TaskSampler, tokenizer, pool, step: int, micro: int = 0,
+                 process: int = 0) -> TrainExample:
+    """The training example of micro-batch ``micro`` of ``step`` in process ``process``: its seeded draw of a record
+    (advancing ``sampler``), instruction and example. The trainer draws with it; so do estimates of a run's cost."""
+    rng = random.Random(f"{config.seed}/{step}/{micro}/{process}")
+    record = sampler.draw(rng)
+    request = make_edit_request(record, instructions=config.use_instructions, rng=rng, pool=pool)
+    return make_example(request, tokenizer, rng, config)
+
+
+def example_tokens(example: TrainExample) -> int:
+    """Tokens of one training example's sequences (its instruction header counted once): what a step's cost grows
+    with."""
+    seqs = [example.edit, *example.likely, *example.unlikely, *example.loc]
+    return len(example.header) + sum(len(s.input_ids) for s in seqs)
+
+
 def _targets(seqs: Sequence[Encoded], first_row: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, positions) of the target tokens of ``seqs`` placed at batch rows ``first_row…``."""
     rows = [first_row + i for i, s in enumerate(seqs) for _ in s.target_positions]

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import tempfile
 import time
 from collections import defaultdict
@@ -46,13 +45,13 @@ import numpy as np
 import torch
 
 from ..config.method import MethodConfig
-from ..data.instructions import EditRequest, load_pool, make_edit_request
+from ..data.instructions import EditRequest, load_pool
 from ..data.records import EditRecord
 from ..data.tasks import load_task
 from ..evaluation.scoring import score_requests
 from ..methods.mend import EDITOR_META, MendEditor
 from ..util.runs import RunFolder, atomic_write_json, atomic_write_text, jsonl
-from .step import TaskSampler, edit_step, initial_editor, make_example
+from .step import TaskSampler, draw_example, edit_step, initial_editor
 from .validation import edit_and_score, validation_metrics, validation_requests
 import pandas as pd
 
@@ -267,6 +266,7 @@ class _Trainer:
             _, self.reference = score_requests(model, tokenizer, self.val_reqs, batch_size=16, **{
                 k: v for k, v in self.score_kwargs.items() if k != "fluency_max_new_tokens"})
         self.window: dict[str, list[float]] = defaultdict(list)
+        self.val_states: dict = {}  # the validation edits' lower states, kept across rounds (edit_and_score)
 
     def checkpoint(self) -> None:
         if self.main:
@@ -279,7 +279,7 @@ class _Trainer:
         config, state = self.config, self.state
         t0 = time.perf_counter()
         cases = edit_and_score(self.editor, self.model, self.tokenizer, self.val_reqs, self.reference,
-                               **self.score_kwargs)
+                               states=self.val_states, **self.score_kwargs)
         metrics = validation_metrics(cases)
         value = metrics.get(config.early_stop_metric)
         if value is None:
@@ -322,10 +322,8 @@ class _Trainer:
         """Loss and backward pass of the ``grad_accumulation`` edits of ``step``; (all finite, their metrics)."""
         metrics: dict[str, list[float]] = defaultdict(list)
         for micro in range(self.config.grad_accumulation):
-            rng = random.Random(f"{self.config.seed}/{step}/{micro}/{self.accelerator.process_index}")
-            record = self.sampler.draw(rng)
-            request = make_edit_request(record, instructions=self.config.use_instructions, rng=rng, pool=self.pool)
-            example = make_example(request, self.tokenizer, rng, self.config)
+            example = draw_example(self.config, self.sampler, self.tokenizer, self.pool, step, micro,
+                                   self.accelerator.process_index)
             loss, values = edit_step(self.editor, self.model, example, self.config, self.tokenizer.pad_token_id)
             if not torch.isfinite(loss):
                 return False, metrics

@@ -19,6 +19,7 @@ from instructedit_utils.config.method import MethodConfig
 from instructedit_utils.data.tasks import parse_records
 from instructedit_utils.methods.mend import MendEditor
 from instructedit_utils.evaluation.requests import build_requests
+from instructedit_utils.models.metrics import Encoded
 
 from conftest import cf_row
 from helpers import tiny_method_config, editor_state
@@ -265,6 +266,34 @@ def test_validation_through_the_split_forward_equals_plain_scoring(fixture, requ
             assert case.get(k) == pytest.approx(plain.get(k), abs=tol), (req.case_id, k)
 
 
+def test_validation_rounds_with_kept_lower_states_score_as_fresh_ones(tiny_llama, monkeypatch):
+    """The trainer keeps the validation edits' lower states across rounds: a later round (another editor state) runs
+    no lower block and scores bit for bit as a fresh call would."""
+    model, tok = tiny_llama
+    torch.manual_seed(0)
+    editor = MendEditor.for_model(model, tiny_method_config(normalize=False, norm_warmup=0, edit_lr=3.0), (2, 3)).eval()
+    reqs = build_requests([r for rs in _records().values() for r in rs], instructions=True, seed=0)
+    from instructedit_utils.evaluation.scoring import score_requests
+
+    _, reference = score_requests(model, tok, reqs)
+    runner = editor.runner(model)
+    passes = []
+    real = runner._lower
+    monkeypatch.setattr(runner, "_lower", lambda *a, **k: passes.append(1) or real(*a, **k))
+    kept: dict = {}
+    first = training.edit_and_score(editor, model, tok, reqs, reference, states=kept)
+    assert passes and kept  # the first round computes and keeps
+    with torch.no_grad():  # the next round: another editor
+        for p in editor.network_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    n = len(passes)
+    served = training.edit_and_score(editor, model, tok, reqs, reference, states=kept)
+    assert len(passes) == n  # no lower block ran
+    fresh = training.edit_and_score(editor, model, tok, reqs, reference)
+    assert len(passes) > n
+    assert served == fresh and served != first
+
+
 def test_initial_editor_is_the_step_0_of_a_training_run(tiny_llama, tmp_path):
     """Chapter 6's untrained control: the editor a run starts from, rebuilt without training, equals the run's
     step-0 checkpoint bit for bit (seeded network and warm-up statistics)."""
@@ -281,3 +310,19 @@ def test_initial_editor_is_the_step_0_of_a_training_run(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="init_editor"):
         step.initial_editor(model, tok, tiny_method_config(init_editor=str(tmp_path / "ed")), edit_layers=(2, 3),
                                 train_records=_records())
+
+
+def test_a_training_runs_cost_follows_its_steps_and_its_examples(tiny_llama, shared_data):
+    """The pool starts the most expensive runs first; the estimate is steps × tokens of the trainer's own draws."""
+    _, tok = tiny_llama
+    cf = tiny_method_config(name="cf", tasks=("counterfact",), steps=16, val_every=4)
+    cf32 = dataclasses.replace(cf, name="cf32", steps=32)
+    cs = dataclasses.replace(cf, name="cs", tasks=("convsent",))
+    cost = {c.name: pool.estimated_cost(c, tok, shared_data) for c in (cf, cf32, cs)}
+    # the same first 16 draws: the ratio is that of the steps plus validation rounds, (32 + 8 + 1) / (16 + 4 + 1)
+    assert cost["cf32"] / cost["cf"] == pytest.approx(41 / 21, rel=1e-12)
+    assert cost["cs"] > cost["cf"]  # ConvSent's examples carry likely and unlikely responses
+    assert pool.longest_first({"cf": cf, "cs": cs, "cf32": cf32}, tok, shared_data)[-1] == "cf"
+    enc = lambda n: Encoded(list(range(n)), [n - 1])
+    ex = step.TrainExample("c", "convsent", (7, 8, 9), enc(5), [enc(4)], [enc(6)], [enc(3), enc(2)])
+    assert step.example_tokens(ex) == 3 + 5 + 4 + 6 + 3 + 2
