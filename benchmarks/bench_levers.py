@@ -11,6 +11,7 @@
 * ``baselines`` — FT-L, CaliNet and GRACE: seconds per edit and the edit's teacher-forced accuracy with their
   Table 3 settings and with fewer optimisation steps (``--fewer-steps``), the variants interleaved per edit, next to
   a plain forward pass over the same tokens.
+* ``profile`` — torch's profiler over a few training steps of that editor: the operators that take the time.
 * ``schedule`` — from a finished run folder (``--runs-dir``): chapter 2's wall time against its editors' training
   times divided by the workers, and the same jobs in one longest-first order (list scheduling of the recorded times;
   a computation from measured times, not a second run).
@@ -33,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-LEVERS = ("lower", "bf16", "baselines", "schedule")
+LEVERS = ("lower", "bf16", "baselines", "schedule", "profile")
 
 
 def _timed(fn):
@@ -161,6 +162,34 @@ def lever_lower(model, tok, cfg, args) -> dict:
     return {**timing, "lower_fraction": lower / step, **{k: v for k, v in repeats.items() if k != "editors"},
             "projected_speedup": step / (step - share * (step - timing["served_step_s"])),
             "editors": repeats["editors"]}
+
+
+def lever_profile(model, tok, cfg, args) -> dict:
+    """Where a training step's time goes: torch's profiler over ``--steps`` steps of chapter 2's editor, the
+    operators with the most self CPU time (printed as a table to stderr) and the share of the ten largest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from instructedit_utils.data.instructions import load_pool
+    from instructedit_utils.data.tasks import load_task
+
+    config = cfg.method
+    records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
+    editor, optimizer = fresh_editor(model, tok, config, cfg.model.edit_layers, records)
+    examples = trainer_examples(config, tok, records, load_pool(config.instructions_file), args.warmup + args.steps)
+    for ex in examples[:args.warmup]:
+        train_step(editor, optimizer, model, ex, config, tok.pad_token_id)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for ex in examples[args.warmup:]:
+            train_step(editor, optimizer, model, ex, config, tok.pad_token_id)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
+    shapes = sorted((e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::mm"),
+                    key=lambda e: -e.self_cpu_time_total)
+    return {"steps": len(examples) - args.warmup, "self_cpu_s": total / 1e6,
+            "top": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:10]],
+            "mm_by_shape": [{"shapes": str(e.input_shapes), "share": e.self_cpu_time_total / total, "calls": e.count}
+                            for e in shapes[:12]]}
 
 
 # ---- lever: bfloat16 lower blocks --------------------------------------------------------------------------------
@@ -350,7 +379,8 @@ def main(argv=None) -> int:
         model, tok = load_model(cfg.model.name)
         model.requires_grad_(False)
         for lever in torch_levers:
-            fn = {"lower": lever_lower, "bf16": lever_bf16, "baselines": lever_baselines}[lever]
+            fn = {"lower": lever_lower, "bf16": lever_bf16, "baselines": lever_baselines,
+                  "profile": lever_profile}[lever]
             results[lever] = fn(model, tok, cfg, args)
     for lever, result in results.items():
         print(json.dumps({"lever": lever, **result}))
