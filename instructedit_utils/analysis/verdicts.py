@@ -78,10 +78,18 @@ def _value(row: Any, key: str) -> float:
     return float(row[key]) if not isinstance(row, (int, float)) else float(row)
 
 
+def digits_for(scale: float) -> int:
+    """Decimals a difference is shown with: 1 for percentage points (``scale`` 100), 3 for unitless values such as
+    silhouettes (``scale`` 1), whose differences are a few hundredths."""
+    return 1 if scale >= 100 else 3
+
+
 def interval_text(row: Mapping[str, Any], scale: float = 100.0, unit: str = " points") -> str:
-    """``+7.3 points [+4.0, +11.1], n=150`` from a paired-difference row (``diff``, ``ci_low``, ``ci_high``, ``n``)."""
-    return (f"{scale * _value(row, 'diff'):+.1f}{unit} [{scale * _value(row, 'ci_low'):+.1f}, "
-            f"{scale * _value(row, 'ci_high'):+.1f}], n={int(row['n'])}")
+    """``+7.3 points [+4.0, +11.1], n=150`` from a paired-difference row (``diff``, ``ci_low``, ``ci_high``, ``n``);
+    unitless (``scale=1``): ``+0.052 [+0.031, +0.074], n=300``."""
+    d = digits_for(scale)
+    return (f"{scale * _value(row, 'diff'):+.{d}f}{unit} [{scale * _value(row, 'ci_low'):+.{d}f}, "
+            f"{scale * _value(row, 'ci_high'):+.{d}f}], n={int(row['n'])}")
 
 
 def _usable(row: Mapping[str, Any] | None) -> bool:
@@ -119,7 +127,9 @@ def equivalence(row90: Mapping[str, Any] | None, row95: Mapping[str, Any] | None
     margin and containing 0)."""
     if not (_usable(row90) and _usable(row95)):
         return Verdict(MISSING)
-    text = (f"{interval_text(row95, scale)} (90%: [{scale * row90['ci_low']:+.1f}, {scale * row90['ci_high']:+.1f}]"
+    d = digits_for(scale)
+    text = (f"{interval_text(row95, scale)} (90%: [{scale * row90['ci_low']:+.{d}f}, "
+            f"{scale * row90['ci_high']:+.{d}f}]"
             f", margin ±{scale * margin:.0f})")
     if int(row95["n"]) < min_n:
         return Verdict(f"{UNRESOLVED} (n < {min_n})", text)

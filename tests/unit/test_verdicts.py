@@ -82,3 +82,12 @@ def test_missing_metrics_are_shown_as_missing_never_as_zero():
 def test_count_orders_words():
     assert v.count([v.REVERSED, v.REPRODUCED, v.REPRODUCED, "not resolved (n < 20)"]) == {
         v.REPRODUCED: 2, v.REVERSED: 1, "not resolved (n < 20)": 1}
+
+
+def test_unitless_differences_keep_their_hundredths():
+    """A silhouette difference of +0.052 must not read +0.1 [+0.0, +0.1]: unitless values get three decimals."""
+    row = {"diff": 0.052, "ci_low": 0.031, "ci_high": 0.074, "n": 300}
+    assert v.interval_text(row, scale=1.0, unit="") == "+0.052 [+0.031, +0.074], n=300"
+    assert v.interval_text(row) == "+5.2 points [+3.1, +7.4], n=300"
+    low = {"diff": 0.004, "ci_low": 0.001, "ci_high": 0.007, "n": 300}
+    assert v.direction(low, scale=1.0, unit="").evidence == "+0.004 [+0.001, +0.007], n=300"
