@@ -167,8 +167,8 @@ def test_trial_editor_scores_and_the_pool_goes_back_into_the_trainer(tiny_llama,
     assert {r.description for r in validation.validation_requests(ft) if r.task == "counterfact"} <= set(
         pool.seen("counterfact"))
     seen = []
-    original = training.make_example
-    monkeypatch.setattr(training, "make_example", lambda req, *a: seen.append(req) or original(req, *a))
+    original = step.make_example  # the trainer's draws go through step.draw_example
+    monkeypatch.setattr(step, "make_example", lambda req, *a: seen.append(req) or original(req, *a))
     start = trainer.train_editor(model, tok, ft, tmp_path / "ft", progress=False, log=None, stop_after=0)
     assert all(torch_equal(start.editor.state_dict(), trained.editor.state_dict()))  # starts from the trial editor
     trainer.train_editor(model, tok, ft, tmp_path / "ft", progress=False, log=None)
