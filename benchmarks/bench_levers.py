@@ -12,6 +12,8 @@
   Table 3 settings and with fewer optimisation steps (``--fewer-steps``), the variants interleaved per edit, next to
   a plain forward pass over the same tokens.
 * ``profile`` — torch's profiler over a few training steps of that editor: the operators that take the time.
+* ``validation`` — one validation round of that editor (the trainer's validation edits): fresh, and with the lower
+  states kept from an earlier round (what the trainer now does from its second round on).
 * ``schedule`` — from a finished run folder (``--runs-dir``): chapter 2's wall time against its editors' training
   times divided by the workers, and the same jobs in one longest-first order (list scheduling of the recorded times;
   a computation from measured times, not a second run).
@@ -34,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-LEVERS = ("lower", "bf16", "baselines", "schedule", "profile")
+LEVERS = ("lower", "bf16", "baselines", "schedule", "profile", "validation")
 
 
 def _timed(fn):
@@ -190,6 +192,28 @@ def lever_profile(model, tok, cfg, args) -> dict:
             "top": [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:10]],
             "mm_by_shape": [{"shapes": str(e.input_shapes), "share": e.self_cpu_time_total / total, "calls": e.count}
                             for e in shapes[:12]]}
+
+
+def lever_validation(model, tok, cfg, args) -> dict:
+    """One validation round of chapter 2's editor as the trainer runs it (its validation edits and scoring caps):
+    fresh, then with a kept dict of lower states (its first fill, then served), then fresh again."""
+    from instructedit_utils.data.tasks import load_task
+    from instructedit_utils.evaluation.scoring import score_requests
+    from instructedit_utils.training.validation import edit_and_score, validation_requests
+
+    config = cfg.method
+    records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
+    editor, _ = fresh_editor(model, tok, config, cfg.model.edit_layers, records)
+    requests = validation_requests(config, cfg.data_dir)
+    caps = {"max_rephrases": 3, "max_probes": 3, "max_aliases": 1, "sentiment_responses": 2}  # the trainer's
+    _, reference = score_requests(model, tok, requests, batch_size=16, **caps)
+    kept: dict = {}
+    out = {"requests": len(requests)}
+    for label, states in (("fresh_s", None), ("kept_first_s", kept), ("kept_again_s", kept), ("fresh_again_s", None)):
+        out[label], _ = _timed(lambda: edit_and_score(editor, model, tok, requests, reference, states=states,
+                                                      fluency_max_new_tokens=0, **caps))
+    out["speedup_kept"] = (out["fresh_s"] + out["fresh_again_s"]) / 2 / out["kept_again_s"]
+    return out
 
 
 # ---- lever: bfloat16 lower blocks --------------------------------------------------------------------------------
@@ -380,7 +404,7 @@ def main(argv=None) -> int:
         model.requires_grad_(False)
         for lever in torch_levers:
             fn = {"lower": lever_lower, "bf16": lever_bf16, "baselines": lever_baselines,
-                  "profile": lever_profile}[lever]
+                  "profile": lever_profile, "validation": lever_validation}[lever]
             results[lever] = fn(model, tok, cfg, args)
     for lever, result in results.items():
         print(json.dumps({"lever": lever, **result}))
@@ -408,6 +432,10 @@ def summary(results: dict) -> str:
             if name != "edits":
                 lines.append(f"{name}: " + ", ".join(f"{k} {v['edit_s']:.3f} s ({v['x_plain_forward']:.0f}x fwd, "
                                                      f"acc {100 * v['edit_acc']:.0f} %)" for k, v in variants.items()))
+    if "validation" in results:
+        r = results["validation"]
+        lines.append(f"validation ({r['requests']} edits): fresh {r['fresh_s']:.1f} s / {r['fresh_again_s']:.1f} s, with "
+                     f"kept lower states {r['kept_again_s']:.1f} s -> x{r['speedup_kept']:.2f} from the second round on")
     if "schedule" in results:
         r = results["schedule"]
         lines.append(f"schedule: chapter 2 wall {r['chapter2_wall_s'] / 60:.1f} min; runs {r['run_s_sum'] / 60:.1f} "
