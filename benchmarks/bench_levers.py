@@ -28,6 +28,7 @@ Nothing here is a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import heapq
 import json
@@ -68,33 +69,42 @@ def lower_inputs(example):
     return [s.inputs for s in instructed] + [s.input_ids for s in example.loc], example.header, len(instructed)
 
 
-def fresh_editor(model, tokenizer, config, edit_layers, records):
+def book_editor(model, tokenizer, cfg, steps: int):
+    """Chapter 2's editor as a training run starts it (:func:`~instructedit_utils.training.step.initial_editor`), in
+    training mode with the trainer's optimizer, and the trainer's examples of its first ``steps`` steps."""
     import torch
 
-    from instructedit_utils.methods import MendEditor
-    from instructedit_utils.training.step import warm_up_normalization
+    from instructedit_utils.data.instructions import load_pool
+    from instructedit_utils.data.tasks import load_task
+    from instructedit_utils.training.step import initial_editor
 
-    torch.manual_seed(config.seed)
-    editor = MendEditor.for_model(model, config, edit_layers)
-    if config.normalize:
-        warm_up_normalization(editor, model, tokenizer, records, config)
+    config = cfg.method
+    records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
+    editor = initial_editor(model, tokenizer, config, edit_layers=cfg.model.edit_layers, train_records=records)
     editor.train()
     optimizer = torch.optim.Adam([{"params": editor.network_parameters(), "lr": config.lr},
                                   {"params": editor.step_size_parameters(), "lr": config.lr_lr}], fused=True)
-    return editor, optimizer
+    examples = trainer_examples(config, tokenizer, records, load_pool(config.instructions_file), steps)
+    return config, editor, optimizer, examples
+
+
+@contextlib.contextmanager
+def serving(runner, lowers):
+    """Inside the block, ``runner``'s lower pass returns ``lowers`` (a cache hit); ``None``: it computes as usual."""
+    if lowers is not None:
+        runner.lower = lambda *args, **kwargs: lowers
+    try:
+        yield
+    finally:
+        runner.__dict__.pop("lower", None)
 
 
 def train_step(editor, optimizer, model, example, config, pad_id, lowers=None) -> float:
     """One training step; with ``lowers`` the lower pass is served those states (a cache hit)."""
     from instructedit_utils.training.step import edit_step
 
-    runner = editor.runner(model)
-    if lowers is not None:
-        runner.lower = lambda *args, **kwargs: lowers
-    try:
+    with serving(editor.runner(model), lowers):
         loss, _ = edit_step(editor, model, example, config, pad_id)
-    finally:
-        runner.__dict__.pop("lower", None)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -104,14 +114,8 @@ def train_step(editor, optimizer, model, example, config, pad_id, lowers=None) -
 # ---- lever: the frozen lower blocks ------------------------------------------------------------------------------
 
 def lower_share(model, tok, cfg, args) -> dict:
-    from instructedit_utils.data.instructions import load_pool
-    from instructedit_utils.data.tasks import load_task
-
-    config = cfg.method
-    records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
-    editor, optimizer = fresh_editor(model, tok, config, cfg.model.edit_layers, records)
+    config, editor, optimizer, examples = book_editor(model, tok, cfg, args.warmup + args.steps)
     runner = editor.runner(model)
-    examples = trainer_examples(config, tok, records, load_pool(config.instructions_file), args.warmup + args.steps)
     as_run, lower_only, served = [], [], []
     for i, ex in enumerate(examples):
         t_lower, lowers = _timed(lambda: runner.lower(*lower_inputs(ex)[:2], header_rows=lower_inputs(ex)[2]))
@@ -171,13 +175,7 @@ def lever_profile(model, tok, cfg, args) -> dict:
     operators with the most self CPU time (printed as a table to stderr) and the share of the ten largest."""
     from torch.profiler import ProfilerActivity, profile
 
-    from instructedit_utils.data.instructions import load_pool
-    from instructedit_utils.data.tasks import load_task
-
-    config = cfg.method
-    records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
-    editor, optimizer = fresh_editor(model, tok, config, cfg.model.edit_layers, records)
-    examples = trainer_examples(config, tok, records, load_pool(config.instructions_file), args.warmup + args.steps)
+    config, editor, optimizer, examples = book_editor(model, tok, cfg, args.warmup + args.steps)
     for ex in examples[:args.warmup]:
         train_step(editor, optimizer, model, ex, config, tok.pad_token_id)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -197,21 +195,19 @@ def lever_profile(model, tok, cfg, args) -> dict:
 def lever_validation(model, tok, cfg, args) -> dict:
     """One validation round of chapter 2's editor as the trainer runs it (its validation edits and scoring caps):
     fresh, then with a kept dict of lower states (its first fill, then served), then fresh again."""
-    from instructedit_utils.data.tasks import load_task
     from instructedit_utils.evaluation.scoring import score_requests
+    from instructedit_utils.training.trainer import VALIDATION_SCORING
     from instructedit_utils.training.validation import edit_and_score, validation_requests
 
-    config = cfg.method
-    records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
-    editor, _ = fresh_editor(model, tok, config, cfg.model.edit_layers, records)
+    config, editor, _, _ = book_editor(model, tok, cfg, 0)
     requests = validation_requests(config, cfg.data_dir)
-    caps = {"max_rephrases": 3, "max_probes": 3, "max_aliases": 1, "sentiment_responses": 2}  # the trainer's
+    caps = {k: v for k, v in VALIDATION_SCORING.items() if k != "fluency_max_new_tokens"}  # as the trainer's reference
     _, reference = score_requests(model, tok, requests, batch_size=16, **caps)
     kept: dict = {}
     out = {"requests": len(requests)}
     for label, states in (("fresh_s", None), ("kept_first_s", kept), ("kept_again_s", kept), ("fresh_again_s", None)):
         out[label], _ = _timed(lambda: edit_and_score(editor, model, tok, requests, reference, states=states,
-                                                      fluency_max_new_tokens=0, **caps))
+                                                      **VALIDATION_SCORING))
     out["speedup_kept"] = (out["fresh_s"] + out["fresh_again_s"]) / 2 / out["kept_again_s"]
     return out
 
@@ -221,16 +217,11 @@ def lever_validation(model, tok, cfg, args) -> dict:
 def lever_bf16(model, tok, cfg, args) -> dict:
     import torch
 
-    from instructedit_utils.data.instructions import load_pool
-    from instructedit_utils.data.tasks import load_task
     from instructedit_utils.models.forward import SplitForward
 
-    config = cfg.method
-    records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
-    editor, _ = fresh_editor(model, tok, config, cfg.model.edit_layers, records)
+    config, editor, _, examples = book_editor(model, tok, cfg, args.warmup + args.steps)
     runner = editor.runner(model)
     half = SplitForward(copy.deepcopy(model).to(torch.bfloat16), runner.start)
-    examples = trainer_examples(config, tok, records, load_pool(config.instructions_file), args.warmup + args.steps)
     variants = {
         "bf16_weights": lambda seqs, header, rows: [h.float() for h in half.lower(seqs, header, header_rows=rows)],
         "autocast": lambda seqs, header, rows: _autocast_lower(runner, seqs, header, rows),
@@ -279,12 +270,8 @@ def _autocast_lower(runner, seqs, header, rows):
 def _step_loss(editor, model, example, config, tok, lowers) -> float:
     from instructedit_utils.training.step import edit_step
 
-    runner = editor.runner(model)
-    runner.lower = lambda *args, **kwargs: lowers
-    try:
+    with serving(editor.runner(model), lowers):
         loss, _ = edit_step(editor, model, example, config, tok.pad_token_id)
-    finally:
-        runner.__dict__.pop("lower", None)
     return float(loss.detach())
 
 

@@ -216,6 +216,11 @@ def _load_finished(model, config: MethodConfig, directory: Path, device, log) ->
     return TrainResult(editor, directory, summary)
 
 
+#: how validation scores its edits (caps on what is scored per case; no generation), unless a run overrides them
+VALIDATION_SCORING = {"max_rephrases": 3, "max_probes": 3, "max_aliases": 1, "sentiment_responses": 2,
+                      "fluency_max_new_tokens": 0}
+
+
 class _Trainer:
     """The state of one training run and its named steps: :meth:`step` (one optimizer step), :meth:`validate`,
     :meth:`checkpoint` and :meth:`finish`. Built fresh or from ``last/`` (resume)."""
@@ -233,8 +238,7 @@ class _Trainer:
         self.log = log if self.main else (lambda msg: None)  # one voice per run
         directory.mkdir(parents=True, exist_ok=True)
         self.last = directory / "last"
-        self.score_kwargs = {"max_rephrases": 3, "max_probes": 3, "max_aliases": 1, "sentiment_responses": 2,
-                             "fluency_max_new_tokens": 0, **(score_kwargs or {})}
+        self.score_kwargs = {**VALIDATION_SCORING, **(score_kwargs or {})}
         resume = (self.last / STATE_FILE).is_file()
         records = train_records or {t: load_task(t, "train", data_dir) for t in config.tasks}
         if resume:
