@@ -54,15 +54,6 @@ def book_config(profile: str):
     return notebook_config("02_editor_training", profile)
 
 
-def trainer_examples(config, tokenizer, records, pool, steps: int):
-    """The examples the trainer draws for ``config`` in its first ``steps`` steps (its own seeds and sampler)."""
-    from instructedit_utils.training.step import TaskSampler, draw_example
-
-    sampler = TaskSampler(records, config.weights(), config.seed)
-    return [draw_example(config, sampler, tokenizer, pool, step, micro)
-            for step in range(1, steps + 1) for micro in range(config.grad_accumulation)]
-
-
 def lower_inputs(example):
     """What :func:`~instructedit_utils.training.step.edit_step` hands the lower pass: (sequences, header, rows)."""
     instructed = [example.edit] + example.likely + example.unlikely
@@ -76,7 +67,7 @@ def book_editor(model, tokenizer, cfg, steps: int):
 
     from instructedit_utils.data.instructions import load_pool
     from instructedit_utils.data.tasks import load_task
-    from instructedit_utils.training.step import initial_editor
+    from instructedit_utils.training.step import first_examples, initial_editor
 
     config = cfg.method
     records = {t: load_task(t, "train", cfg.data_dir) for t in config.tasks}
@@ -84,7 +75,7 @@ def book_editor(model, tokenizer, cfg, steps: int):
     editor.train()
     optimizer = torch.optim.Adam([{"params": editor.network_parameters(), "lr": config.lr},
                                   {"params": editor.step_size_parameters(), "lr": config.lr_lr}], fused=True)
-    examples = trainer_examples(config, tokenizer, records, load_pool(config.instructions_file), steps)
+    examples = first_examples(config, tokenizer, records, load_pool(config.instructions_file), steps)
     return config, editor, optimizer, examples
 
 
@@ -133,6 +124,7 @@ def plan_repeats(tok, cfg, limit: int | None) -> dict:
     from instructedit_utils.data.tasks import load_task
     from instructedit_utils.models.forward import common_prefix_len
     from instructedit_utils.training.plan import training_configs
+    from instructedit_utils.training.step import first_examples
 
     seen_any: set = set()
     total = within = across = 0
@@ -142,7 +134,7 @@ def plan_repeats(tok, cfg, limit: int | None) -> dict:
         steps = min(config.steps, limit) if limit else config.steps
         seen: set = set()
         tokens = hits = 0
-        for ex in trainer_examples(config, tok, records, load_pool(config.instructions_file), steps):
+        for ex in first_examples(config, tok, records, load_pool(config.instructions_file), steps):
             seqs, header, rows = lower_inputs(ex)
             for i, seq in enumerate(seqs):
                 head = header if i < rows else ()

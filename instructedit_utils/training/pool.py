@@ -21,7 +21,7 @@ from ..models.loading import load_model
 from ..models.metrics import generate
 from ..util.runtime import setup_torch
 from .plan import training_configs
-from .step import TaskSampler, draw_example, example_tokens
+from .step import example_tokens, first_examples
 from .trainer import TrainResult, _extendable, is_trained, train_editor
 import pandas as pd
 
@@ -68,10 +68,8 @@ def estimated_cost(config: MethodConfig, tokenizer, data_dir=None, draws: int = 
     ``draws`` training examples (the trainer's own draws; a ConvSent example, with its likely and unlikely responses,
     has about three times the tokens of a CounterFact one), plus one step's worth per validation round."""
     records = {t: load_task(t, "train", data_dir) for t in config.tasks}
-    sampler = TaskSampler(records, config.weights(), config.seed)
-    pool = load_pool(config.instructions_file)
-    n = min(draws, config.steps)
-    tokens = [example_tokens(draw_example(config, sampler, tokenizer, pool, step)) for step in range(1, n + 1)]
+    examples = first_examples(config, tokenizer, records, load_pool(config.instructions_file), min(draws, config.steps))
+    tokens = [example_tokens(ex) for ex in examples]
     return (config.steps + config.steps // config.val_every + 1) * sum(tokens) / max(len(tokens), 1)
 
 

@@ -105,6 +105,14 @@ def draw_example(config: MethodConfig, sampler: TaskSampler, tokenizer, pool, st
     return make_example(request, tokenizer, rng, config)
 
 
+def first_examples(config: MethodConfig, tokenizer, records: dict[str, list[EditRecord]], pool, steps: int
+                   ) -> list[TrainExample]:
+    """The examples a fresh run of ``config`` draws in its first ``steps`` steps (one process), in order."""
+    sampler = TaskSampler(records, config.weights(), config.seed)
+    return [draw_example(config, sampler, tokenizer, pool, step, micro)
+            for step in range(1, steps + 1) for micro in range(config.grad_accumulation)]
+
+
 def example_tokens(example: TrainExample) -> int:
     """Tokens of one training example's sequences (its instruction header counted once): what a step's cost grows
     with."""
