@@ -67,8 +67,14 @@ def method_descriptions(methods: Mapping[str, EditingMethod]) -> str:
         if name == "ft-l":
             lines.append(f"**FT-L** (ROME's fine-tuning baseline {{cite:p}}`meng2022rome`, after "
                          f"{{cite:t}}`zhu2020modifying`): the MLP output matrix of block {layer} gets a change Δ found "
-                         f"by {c.steps} Adam steps (learning rate {c.lr:g}) on the target's NLL, every entry clamped "
-                         f"to |Δ| ≤ {c.norm_constraint:g} (ROME's L∞ constraint). Small and local by construction.")
+                         f"by {'at most ' if c.plateau else ''}{c.steps} Adam steps (learning rate {c.lr:g}) on the "
+                         f"target's NLL, "
+                         + (f"every entry clamped to |Δ| ≤ {c.norm_constraint:g} (ROME's L∞ constraint). "
+                            if c.norm_constraint is not None else "unconstrained. ")
+                         + (f"**Deviation from ROME:** the loop stops once a step lowers the loss by less than "
+                            f"{100 * c.plateau:g} % (the bound is reached in the first step; the later steps barely "
+                            f"move the loss, and stopping saves most of FT-L's time). " if c.plateau else "")
+                         + "Small and local by construction.")
         elif name == "calinet":
             lines.append(f"**CaliNet** {{cite:p}}`dong2022calinet`: {c.slots} key/value memory slots in parallel to "
                          f"the FFN of block {layer}, FFN(x) + GELU(xKᵀ)V, trained on the edit with the model frozen "

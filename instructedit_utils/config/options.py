@@ -39,11 +39,14 @@ class FTLConfig:
     steps: int = 25  # Adam steps per edit
     lr: float = 5e-4
     norm_constraint: float | None = 5e-4  # L∞ bound on every entry of the change (None: unconstrained)
+    plateau: float | None = 1e-3  # stop once a step lowers the loss by less than this fraction (None: every step)
 
     def __post_init__(self):
         check_loop_options(self)
         if self.norm_constraint is not None and not self.norm_constraint > 0:
             raise ValueError("FTLConfig.norm_constraint must be > 0 or None")
+        if self.plateau is not None and not 0 < self.plateau < 1:
+            raise ValueError("FTLConfig.plateau must be in (0, 1) or None")
 
 
 @dataclass

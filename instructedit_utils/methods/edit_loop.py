@@ -90,10 +90,12 @@ class LoopResult:
 
 def optimize(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], *, steps: int, lr: float,
              request: EditRequest, method: str, project: Callable[[], None] | None = None,
-             stop_loss: float | None = None) -> LoopResult:
-    """Adam on ``params`` for ``steps`` steps of ``loss_fn`` (``project`` after each step; stop early once the loss is
-    below ``stop_loss``). Zero steps or ``lr = 0`` leave ``params`` untouched. A non-finite loss or parameter raises
-    :class:`FloatingPointError` naming ``method`` and the request."""
+             stop_loss: float | None = None, plateau: float | None = None) -> LoopResult:
+    """Adam on ``params`` for ``steps`` steps of ``loss_fn`` (``project`` after each step). It stops early once the
+    loss is below ``stop_loss``, or once the last step lowered it by less than the fraction ``plateau`` of its value
+    (a converged loop: FT-L's L∞ bound is reached in its first step). Zero steps or ``lr = 0`` leave ``params``
+    untouched. A non-finite loss or parameter raises :class:`FloatingPointError` naming ``method`` and the
+    request."""
     def check(value: torch.Tensor, what: str, step: int) -> None:
         if not bool(torch.isfinite(value).all()):
             raise FloatingPointError(f"{method}: non-finite {what} at step {step} of the edit of "
@@ -107,9 +109,11 @@ def optimize(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn()
             check(loss, "loss", step)
-            after = float(loss.detach())
+            previous, after = after, float(loss.detach())
             before = after if before is None else before
             if stop_loss is not None and after < stop_loss:
+                break
+            if plateau is not None and previous is not None and previous - after < plateau * abs(previous):
                 break
             loss.backward()
             optimizer.step()

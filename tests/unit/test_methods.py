@@ -86,6 +86,51 @@ def test_ftl_respects_its_norm_constraint(tiny_llama, cf_records):
     assert method.param_name.endswith("layers.2.mlp.down_proj.weight")
 
 
+def test_optimize_stops_on_a_plateau_after_the_hand_computed_step(cf_records):
+    """Losses 8, 4, 4 - 1/512, …: with ``plateau = 1e-3`` the third value improves on the second by 0.00195 < 0.004, so
+    the loop stops there after two updates (the last loss is that of the parameters it returns); without it every
+    step runs."""
+    from instructedit_utils.methods.edit_loop import optimize
+
+    values = [8.0, 4.0, 3.998046875, 3.5, 3.0, 2.5]
+    req = _request(cf_records)
+
+    def run(plateau):
+        p = torch.zeros(2, requires_grad=True)
+        calls = iter(values)
+        result = optimize(lambda: p.sum() * 0 + next(calls), [p], steps=5, lr=0.1, request=req, method="t",
+                          plateau=plateau)
+        return result, p
+    stopped, p_stopped = run(1e-3)
+    assert (stopped.steps, stopped.loss_before, stopped.loss_after) == (2, 8.0, 3.998046875)
+    full, _ = run(None)
+    assert (full.steps, full.loss_after) == (5, 2.5)
+    assert torch.equal(p_stopped, torch.zeros(2))  # a zero gradient: Adam moves nothing, whatever the stop
+
+
+def test_ftl_plateau_is_validated_and_its_stop_matches_running_that_many_steps(tiny_llama, cf_records):
+    model, tok = tiny_llama
+    with pytest.raises(ValueError, match=r"ft-l: FTLConfig.plateau must be in \(0, 1\) or None"):
+        baselines.build("ft-l", model, tok, plateau=0)
+    req = _request(cf_records)
+    from instructedit_utils.methods import ft
+
+    done = []
+    original = ft.optimize
+
+    def counted(*args, **kwargs):
+        done.append(original(*args, **kwargs).steps)
+        return done[-1]
+    ft.optimize = counted
+    try:
+        plateaued = baselines.build("ft-l", model, tok, default_layers=(2, 3), plateau=0.05).delta(model, tok, req)
+    finally:
+        ft.optimize = original
+    assert 0 < done[0] < 25
+    reference = baselines.build("ft-l", model, tok, default_layers=(2, 3), steps=done[0], plateau=None)
+    assert torch.equal(plateaued, reference.delta(model, tok, req))
+
+
 def test_bad_input_fails_at_build_naming_method_and_parameter(tiny_llama, tiny_gpt2, cf_records):
     model, tok = tiny_llama
     with pytest.raises(ValueError, match=r"ft-l: layer=40 does not exist; the model has 4 blocks"):
@@ -394,7 +439,11 @@ def test_method_descriptions_carry_each_methods_own_options(tiny_llama):
                "calinet": baselines.build("calinet", model, tok, default_layers=(2, 3), slots=5)}
     text = table3.method_descriptions(methods)
     assert text.count("\n* ") == 2 and text.startswith("* **FT-L**")  # the paper's order: FT-L, CaliNet, GRACE
-    assert "block 2 gets a change Δ found by 7 Adam steps" in text and "|Δ| ≤ 0.002" in text
+    assert "block 2 gets a change Δ found by at most 7 Adam steps" in text and "|Δ| ≤ 0.002" in text
+    assert "less than 0.1 %" in text  # the plateau stop, stated as a deviation
+    plain = table3.method_descriptions({"ft-l": baselines.build("ft-l", model, tok, default_layers=(2, 3), steps=7,
+                                                                plateau=None, norm_constraint=None)})
+    assert "found by 7 Adam steps" in plain and "unconstrained" in plain and "Deviation" not in plain
     assert "5 key/value memory slots" in text and "block 3" in text and "deferral radius (0.75)" in text
 
 
