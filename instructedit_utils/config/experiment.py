@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from ..data.tasks import TASKS, data_fingerprint, task_spec
 from ..data.instructions import load_pool, read_descriptions
 from ..util.paths import display_path, project_path
-from ..models.loading import MODEL_PRESETS
+from ..models.loading import LOWER_DTYPES, MODEL_PRESETS, load_model
 from .method import MethodConfig
 from .options import OPTIONS, make_config
 from .studies import GradientConfig, MixtureConfig, SearchConfig
@@ -33,6 +33,9 @@ class ModelConfig:
     dtype: str = "float32"
     num_threads: int | None = 1  # torch intra-op threads on CPU (None: leave torch's default)
     edit_layers: tuple[int, ...] | None = None  # None: the preset's layers (last three for unknown models)
+    # precision of the frozen blocks below the edited ones in the split forward ("bfloat16": autocast there only;
+    # models.loading.set_lower_dtype); part of every case file's settings and of every editor's training config
+    lower_dtype: str = "float32"
 
     def __post_init__(self):
         if not self.name:
@@ -43,10 +46,17 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.device must be cpu, cuda[:N] or mps, got {self.device!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError("ModelConfig.num_threads must be >= 1 or None")
+        if self.lower_dtype not in LOWER_DTYPES:
+            raise ValueError(f"ModelConfig.lower_dtype must be one of {LOWER_DTYPES}, got {self.lower_dtype!r}")
         if self.edit_layers is not None:
             self.edit_layers = tuple(int(x) for x in self.edit_layers)
         elif self.name in MODEL_PRESETS and MODEL_PRESETS[self.name].edit_layers:
             self.edit_layers = MODEL_PRESETS[self.name].edit_layers
+
+    def load(self):
+        """``(model, tokenizer)`` of this configuration (:func:`~instructedit_utils.models.loading.load_model` with
+        its name, device, dtype and lower-block precision)."""
+        return load_model(self.name, self.device, self.dtype, lower_dtype=self.lower_dtype)
 
 
 @dataclass
@@ -137,6 +147,8 @@ class ExperimentConfig:
             self.pool()  # validated now
             if self.method is not None and self.method.instructions_file is None:  # editors train on it too
                 self.method = dataclasses.replace(self.method, instructions_file=self.instructions_file)
+        if self.method is not None and self.method.lower_dtype != self.model.lower_dtype:  # editors train with it
+            self.method = dataclasses.replace(self.method, lower_dtype=self.model.lower_dtype)
         if self.single_task_steps is not None and self.single_task_steps < 1:
             raise ValueError("single_task_steps must be >= 1 or None")
         if self.single_tasks is not None:
@@ -181,9 +193,10 @@ class ExperimentConfig:
 
     @classmethod
     def from_parameters(cls, *, model_name: str = "smollm2-135m", device: str = "cpu", dtype: str = "float32",
-                        num_threads: int | None = 1, edit_layers=None, **fields) -> "ExperimentConfig":
+                        num_threads: int | None = 1, edit_layers=None, lower_dtype: str = "float32",
+                        **fields) -> "ExperimentConfig":
         """Build from a notebook's flat ``parameters`` cell: ``model_name``/``device``/``dtype``/``num_threads``/
-        ``edit_layers`` go to :class:`ModelConfig`; names of :class:`MethodConfig` fields (and ``train_tasks`` for
+        ``edit_layers``/``lower_dtype`` go to :class:`ModelConfig`; names of :class:`MethodConfig` fields (and ``train_tasks`` for
         its ``tasks``) go to a :class:`MethodConfig` seeded with ``seed``; names of :class:`GradientConfig` fields
         to a :class:`GradientConfig`, of :class:`MixtureConfig` fields to a :class:`MixtureConfig`, of
         :class:`SearchConfig` fields to a :class:`SearchConfig`; the rest to this class. Without ``tasks``,
@@ -204,7 +217,7 @@ class ExperimentConfig:
         if unknown:
             raise TypeError(f"Unknown experiment parameter(s): {sorted(unknown)}")
         model = ModelConfig(name=model_name, device=device, dtype=dtype, num_threads=num_threads,
-                            edit_layers=edit_layers)
+                            edit_layers=edit_layers, lower_dtype=lower_dtype)
         if method_fields:
             fields["method"] = MethodConfig(seed=fields.get("seed", 0), **method_fields)
         if gradient_fields:
@@ -251,7 +264,7 @@ class ExperimentConfig:
         :func:`instructedit_utils.evaluation.case_settings`, which adds the scoring caps and a digest of the requests):
         model, tasks with their splits, sample, seed, instruction flags and the digests of the data files read."""
         splits = self.splits(tasks)
-        return {"model": {"name": self.model.name, "dtype": self.model.dtype,
+        return {"model": {"name": self.model.name, "dtype": self.model.dtype, "lower_dtype": self.model.lower_dtype,
                           "device": self.model.device.split(":")[0]},
                 "splits": splits, "sample_per_task": self.sample_per_task, "seed": self.seed,
                 "instructions": instructions, "instruct_locality": self.instruct_locality,

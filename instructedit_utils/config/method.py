@@ -7,6 +7,7 @@ from typing import Any
 
 from ..data.instructions import load_pool
 from ..data.tasks import task_spec
+from ..models.loading import LOWER_DTYPES
 
 METHODS = ("mend", "ke")  # trained editors (MEND family, KE); other methods register in instructedit_utils.methods
 
@@ -61,6 +62,9 @@ class MethodConfig:
     lagrange_lr: float = 0.1  # step of the multiplier's dual ascent per training edit
     log_every: int = 10
     seed: int = 0
+    # precision of the model's frozen lower blocks while training (set from ModelConfig.lower_dtype; the trainer
+    # refuses a model loaded with another): part of the editor's identity
+    lower_dtype: str = "float32"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -105,6 +109,8 @@ class MethodConfig:
                                  f"(a multiple of val_every={self.val_every})")
         if self.ke_hidden < 1 or self.kl_margin < 0 or self.lagrange_lr < 0:
             raise ValueError("ke_hidden must be >= 1, kl_margin and lagrange_lr >= 0")
+        if self.lower_dtype not in LOWER_DTYPES:
+            raise ValueError(f"MethodConfig.lower_dtype must be one of {LOWER_DTYPES}, got {self.lower_dtype!r}")
         if self.instructions_file is not None:
             load_pool(self.instructions_file)  # a missing or malformed pool is an error now, before training
 

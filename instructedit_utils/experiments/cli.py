@@ -9,7 +9,6 @@ from typing import Sequence
 
 from ..config.experiment import ExperimentConfig
 from ..config.parameters import add_arguments, config_from_args as notebook_config_from_args, parse_cli
-from ..models.loading import load_model
 from ..training.plan import trained_plan
 from ..util.runs import RunFolder, SettingsMismatch
 from ..util.runtime import setup_torch
@@ -40,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, cfg = parse_cli(parser, argv, config_from_args)
     setup_torch(cfg.model.num_threads, cfg.seed)
     RunFolder(Path(cfg.run_dir) / args.setting).write_params({**cfg.to_dict(), "setting": args.setting})
-    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    model, tokenizer = cfg.model.load()
     model.requires_grad_(False)
     try:
         if args.setting == "mixtures":

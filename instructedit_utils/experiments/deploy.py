@@ -38,7 +38,6 @@ from ..data.records import EditRecord, iter_json_lines
 from ..config.parameters import add_arguments, config_from_args as notebook_config_from_args, parse_cli
 from ..methods.registry import EditingMethod
 from ..models.deltas import applied
-from ..models.loading import load_model
 from ..util.runtime import setup_torch
 from .settings import editors_dir, load_methods
 import pandas as pd
@@ -214,7 +213,8 @@ def command(edits: str | os.PathLike, method: str, output: str | os.PathLike, cf
 
     return [sys.executable, "-m", "instructedit_utils.experiments.deploy", str(edits), "--method", method, "--output",
             str(output), "--profile", cfg.profile, "-p", f"model_name={cfg.model.name}", "-p",
-            f"dtype={cfg.model.dtype}", "-p", f"device={cfg.model.device}", "-p", f"editors_dir={editors_dir(cfg)}",
+            f"dtype={cfg.model.dtype}", "-p", f"lower_dtype={cfg.model.lower_dtype}", "-p",
+            f"device={cfg.model.device}", "-p", f"editors_dir={editors_dir(cfg)}",
             *(["--overwrite"] if overwrite else [])]
 
 
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         parser.error(str(exc))
     setup_torch(cfg.model.num_threads, cfg.seed)
-    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    model, tokenizer = cfg.model.load()
     model.requires_grad_(False)
     try:
         method = load_methods(cfg, model, tokenizer, [args.method])[args.method]

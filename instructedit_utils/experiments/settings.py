@@ -49,7 +49,6 @@ from ..data.instructions import read_descriptions  # noqa: F401  (part of this m
 from ..util.runs import RunFolder
 from ..evaluation.gradients import collect_many, load_areas, AreaJob, Areas, Sketch
 from ..methods.mend import TrainedEditor
-from ..models.loading import load_model
 from ..training.step import initial_editor
 from ..training.trainer import is_trained
 from ..training.pool import worker_threads
@@ -168,11 +167,11 @@ _WORKER_CACHE: dict[tuple, Any] = {}  # in a worker process: the model (and meth
 
 def _evaluate_worker(setting: str, job: Job, threads: int) -> None:
     cfg = job.cfg
-    model_key = (cfg.model.name, cfg.model.device, cfg.model.dtype)
+    model_key = (cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.lower_dtype)
     if model_key not in _WORKER_CACHE:
         _WORKER_CACHE.clear()
         setup_torch(threads, cfg.seed)
-        model, tokenizer = load_model(*model_key)
+        model, tokenizer = cfg.model.load()
         model.requires_grad_(False)
         _WORKER_CACHE[model_key] = (model, tokenizer)
     model, tokenizer = _WORKER_CACHE[model_key]

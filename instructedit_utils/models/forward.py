@@ -31,7 +31,7 @@ from torch import nn
 
 from .losses import fused_head_nll, nll
 from .metrics import _pad_batch
-from .loading import arch_spec
+from .loading import arch_spec, lower_dtype_of
 
 
 class _Stop(Exception):
@@ -85,6 +85,15 @@ class SplitForward:
         self.headers: OrderedDict[tuple[int, ...], tuple[list, torch.Tensor]] = OrderedDict()
         self.max_headers = max_headers
         self._states: dict[tuple[int, ...], torch.Tensor] | None = None
+        self.lower_dtype = lower_dtype_of(model)
+
+    def _lower_precision(self):
+        """The context of every pass through the lower blocks: bfloat16 autocast when the model's lower precision
+        says so (:func:`~instructedit_utils.models.loading.set_lower_dtype`), else none. Read when the runner is
+        built, so that its header cache holds states of one precision only."""
+        if self.lower_dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @contextlib.contextmanager
     def reusing_states(self, states: dict | None = None):
@@ -152,8 +161,9 @@ class SplitForward:
             kwargs = dict(input_ids=ids, cache=cache, use_cache=True)
             if len(missing) > 1:
                 kwargs["attention_mask"] = mask
-            args, kw = self._run_until(self.blocks[self.start], **kwargs)
-            hidden = self._hidden(args, kw).detach()
+            with self._lower_precision():
+                args, kw = self._run_until(self.blocks[self.start], **kwargs)
+            hidden = self._hidden(args, kw).detach().to(self.final_norm.weight.dtype)
             for i, h in enumerate(missing):
                 kv = [(layer.keys[i:i + 1, :, :len(h)].clone(), layer.values[i:i + 1, :, :len(h)].clone())
                       for layer in cache.layers[:self.start]]
@@ -228,8 +238,9 @@ class SplitForward:
         """One batched pass; row ``i``'s first ``lens[i]`` tokens come from its header's ``entries`` (as given by
         :meth:`_headers`)."""
         kv = [entries[s[:p]][0] if p else None for s, p in zip(seqs, lens)]
-        args, kw = self._run_until(self.blocks[self.start], **self._prefixed_inputs(seqs, lens, kv))
-        hidden = self._hidden(args, kw)
+        with self._lower_precision():
+            args, kw = self._run_until(self.blocks[self.start], **self._prefixed_inputs(seqs, lens, kv))
+        hidden = self._hidden(args, kw).to(self.final_norm.weight.dtype)  # the upper blocks' dtype, whatever autocast
         parts = [s[p:] for s, p in zip(seqs, lens)]
         out = []
         for i, (s, full, p) in enumerate(zip(parts, seqs, lens)):

@@ -327,13 +327,38 @@ def resolve_preset(name: str) -> ModelPreset:
     return ModelPreset(name=name, source="hub", edit_layers=(), location=name)
 
 
-def load_model(name: str = "smollm2-135m", device: str = "cpu", dtype: str = "float32", *, pad_token: str | None = None):
+#: the model attribute :func:`set_lower_dtype` writes and the split forward reads
+LOWER_DTYPE_ATTR = "instructedit_lower_dtype"
+LOWER_DTYPES = ("float32", "bfloat16")
+
+
+def set_lower_dtype(model: torch.nn.Module, lower_dtype: str) -> None:
+    """Precision of the frozen blocks below the edited ones in the split forward
+    (:class:`~instructedit_utils.models.forward.SplitForward`): ``"bfloat16"`` runs them under bfloat16 autocast
+    (matrix products in bfloat16, the residual stream kept in float32), ``"float32"`` as loaded. The edited blocks, the
+    head and every other pass of the model keep the model's own dtype. A plain attribute of the model object (never
+    saved with it), so that every runner built on this model uses the same precision."""
+    if lower_dtype not in LOWER_DTYPES:
+        raise ValueError(f"lower_dtype must be one of {LOWER_DTYPES}, got {lower_dtype!r}")
+    setattr(model, LOWER_DTYPE_ATTR, lower_dtype)
+
+
+def lower_dtype_of(model: torch.nn.Module) -> str:
+    """The precision :func:`set_lower_dtype` gave ``model`` (``"float32"`` when never set)."""
+    return getattr(model, LOWER_DTYPE_ATTR, "float32")
+
+
+def load_model(name: str = "smollm2-135m", device: str = "cpu", dtype: str = "float32", *, pad_token: str | None = None,
+               lower_dtype: str = "float32"):
     """Return ``(model, tokenizer)`` in eval mode, tokenizer checked for exact round-trips and right padding.
 
-    ``name`` is a preset from :data:`MODEL_PRESETS` or any Hugging Face model id / local folder.
+    ``name`` is a preset from :data:`MODEL_PRESETS` or any Hugging Face model id / local folder; ``lower_dtype`` the
+    precision of the split forward's frozen lower blocks (:func:`set_lower_dtype`).
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if lower_dtype not in LOWER_DTYPES:
+        raise ValueError(f"lower_dtype must be one of {LOWER_DTYPES}, got {lower_dtype!r}")
     preset = resolve_preset(name)
     if preset.source == "tiny":
         tokenizer = tiny_tokenizer(add_bos=preset.extra["add_bos"])
@@ -358,4 +383,5 @@ def load_model(name: str = "smollm2-135m", device: str = "cpu", dtype: str = "fl
     check_tokenizer_roundtrip(tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device=device, dtype=_DTYPES[dtype]).eval()
+    set_lower_dtype(model, lower_dtype)
     return model, tokenizer

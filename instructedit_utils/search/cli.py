@@ -8,7 +8,6 @@ from typing import Sequence
 from ..config.experiment import ExperimentConfig
 from ..config.parameters import add_arguments, parse_cli
 from ..config.parameters import config_from_args as notebook_config_from_args
-from ..models.loading import load_model
 from ..util.runs import RunFolder, SettingsMismatch
 from ..util.runtime import setup_torch
 from .generators import EndpointError
@@ -40,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, cfg = parse_cli(parser, argv, config_from_args)
     setup_torch(cfg.model.num_threads, cfg.seed)
     RunFolder(cfg.run_dir).write_params(cfg.to_dict())
-    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    model, tokenizer = cfg.model.load()
     model.requires_grad_(False)
     try:
         result = run_search(cfg, model, tokenizer)

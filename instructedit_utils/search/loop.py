@@ -51,7 +51,6 @@ from ..experiments import settings as experiments
 from ..experiments.settings import editors_dir, load_methods
 from ..methods.registry import build
 from ..methods.mend import MendEditor
-from ..models.loading import load_model
 from ..training.trainer import train_editor
 
 SETTING = "search"  # the run folder's sub-folder of the search
@@ -225,7 +224,7 @@ def make_generator(cfg: ExperimentConfig, model, tokenizer) -> Generator:
         return EndpointGenerator.from_config(search)
     name = search.generator_model or cfg.model.name
     if name != cfg.model.name:
-        model, tokenizer = load_model(name, cfg.model.device, cfg.model.dtype)
+        model, tokenizer = dataclasses.replace(cfg.model, name=name).load()
     return LocalGenerator(model, tokenizer, label=f"{name} (local)", max_new_tokens=search.gen_max_new_tokens,
                           temperature=search.temperature, top_p=search.top_p)
 

@@ -6,7 +6,6 @@ import argparse
 from typing import Sequence
 
 from ..config.parameters import add_arguments, config_from_args as notebook_config_from_args, parse_cli
-from ..models.loading import load_model
 from ..util.runs import RunFolder
 from ..util.runtime import setup_torch
 from .plan import training_configs
@@ -45,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown editor(s) {sorted(unknown)}; choose from {sorted(configs)}")
     setup_torch(cfg.model.num_threads, cfg.seed)
     RunFolder(cfg.run_dir).write_params(cfg.to_dict())  # as the notebook does (chapter 4 reads the editors' config)
-    model, tokenizer = load_model(cfg.model.name, cfg.model.device, cfg.model.dtype)
+    model, tokenizer = cfg.model.load()
     chosen = {name: method for name, method in configs.items() if not args.editor or name in args.editor}
     train_editors(cfg, model, tokenizer, chosen, progress=not args.no_progress)
     return 0

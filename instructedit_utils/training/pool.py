@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..config.experiment import ModelConfig
 from ..config.method import MethodConfig
 from ..data.instructions import EditRequest, load_pool, make_edit_request
 from ..data.records import EditRecord
@@ -17,7 +18,6 @@ from ..data.tasks import load_task
 from ..evaluation.harness import evaluate_method
 from ..methods.mend import MendEditor, TrainedEditor
 from ..models.deltas import applied
-from ..models.loading import load_model
 from ..models.metrics import generate
 from ..util.runtime import setup_torch
 from .plan import training_configs
@@ -84,7 +84,7 @@ def longest_first(configs: dict[str, MethodConfig], tokenizer, data_dir=None) ->
 def _train_worker(model: dict[str, Any], config: dict[str, Any], directory: str, data_dir, threads: int) -> dict:
     """One editor's training in a worker process (see :func:`train_editors`)."""
     setup_torch(threads, config["seed"])
-    base, tokenizer = load_model(model["name"], model["device"], model["dtype"])
+    base, tokenizer = ModelConfig(**model).load()
     result = train_editor(base, tokenizer, MethodConfig.from_dict(config), directory,
                           edit_layers=model["edit_layers"], data_dir=data_dir, progress=False, log=None)
     return result.summary

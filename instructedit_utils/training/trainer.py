@@ -50,6 +50,7 @@ from ..data.records import EditRecord
 from ..data.tasks import load_task
 from ..evaluation.scoring import score_requests
 from ..methods.mend import EDITOR_META, MendEditor
+from ..models.loading import lower_dtype_of
 from ..util.runs import RunFolder, atomic_write_json, atomic_write_text, jsonl
 from .step import TaskSampler, draw_example, edit_step, initial_editor
 from .validation import edit_and_score, validation_metrics, validation_requests
@@ -179,6 +180,10 @@ def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pa
     device = next(model.parameters()).device
     if is_trained(directory) and not _extendable(directory, config):
         return _load_finished(model, config, directory, device, log)
+    if lower_dtype_of(model) != config.lower_dtype:
+        raise ValueError(f"{config.name}: the model's lower blocks run in {lower_dtype_of(model)} but the config trains "
+                         f"with lower_dtype={config.lower_dtype!r}; load the model with "
+                         f"load_model(..., lower_dtype={config.lower_dtype!r}) (ModelConfig.load does)")
     run = _Trainer(model, tokenizer, config, directory, accelerator, log, edit_layers, data_dir, train_records,
                    val_requests, score_kwargs)
     if run.state["step"] == 0 and run.state["best"] is None:

@@ -11,6 +11,7 @@ from instructedit_utils.methods import registry as baselines
 from instructedit_utils.config.method import MethodConfig
 from instructedit_utils.methods.mend import MendEditor
 from instructedit_utils.models.deltas import applied
+import instructedit_utils.config.experiment as experiment_config  # every CLI loads its model here (ModelConfig.load)
 
 EDITS = [{"prompt": "The capital of France is", "target": "Rome", "task": "counterfact",
           "locality_prompt": "The sky is"},
@@ -161,7 +162,7 @@ def test_existing_output_is_kept_unless_overwrite(tiny_llama, tmp_path):
 
 
 def test_the_command_checks_the_edits_file_before_loading_a_model(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(deploy, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(experiment_config, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     bad = _file(tmp_path, [EDITS[0], '{"prompt": "p", "target": ""}'])
     with pytest.raises(SystemExit) as exit_:
         deploy.main([str(bad), "--method", "instructedit", "--output", str(tmp_path / "o"), "--profile", "ci",

@@ -88,6 +88,54 @@ def test_score_split_equals_plain_scoring(tiny):
         assert a.logprobs == pytest.approx(c.logprobs, abs=1e-4)
 
 
+def test_bfloat16_lower_blocks_change_only_the_lower_pass(tiny):
+    """A model whose lower blocks run in bfloat16 (``set_lower_dtype``): the split forward's states stay float32 and
+    close to the float32 ones without being equal (bfloat16 was used), scores stay close, no weight changes, and the
+    float32 model it was copied from keeps its precision."""
+    import copy
+
+    from instructedit_utils.models.loading import lower_dtype_of, set_lower_dtype
+
+    model, tok = tiny
+    half = copy.deepcopy(model)
+    set_lower_dtype(half, "bfloat16")
+    assert lower_dtype_of(model) == "float32" and lower_dtype_of(half) == "bfloat16"
+    weights = {k: v.clone() for k, v in half.state_dict().items()}
+    header = tok("Task: CounterFact\nDescription: change the fact\nInput:")["input_ids"]
+    pairs = [("Task: CounterFact\nDescription: change the fact\nInput: The capital of France is", "Paris"),
+             ("hello there", "friend")]
+    encoded = [encode_pair(tok, p, t) for p, t in pairs]
+    seqs = [e.inputs for e in encoded]
+    full, low = SplitForward(model, 2).lower(seqs, header, 1), SplitForward(half, 2).lower(seqs, header, 1)
+    assert all(h.dtype == torch.float32 for h in low)
+    assert not all(torch.equal(a, b) for a, b in zip(full, low))
+    assert max(float((a - b).norm() / a.norm()) for a, b in zip(full, low)) < 2e-2
+    plain = score_split(SplitForward(model, 2), encoded, tok.pad_token_id, headers=[header])
+    bf16 = score_split(SplitForward(half, 2), encoded, tok.pad_token_id, headers=[header])
+    for a, b in zip(plain, bf16):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=0.05)
+    assert all(torch.equal(v, weights[k]) for k, v in half.state_dict().items())
+
+
+def test_lower_dtype_is_validated_recorded_and_trained_with(tmp_path, tiny_llama):
+    from instructedit_utils.config.experiment import ModelConfig
+    from instructedit_utils.models.loading import load_model
+    from instructedit_utils.training.trainer import train_editor
+
+    with pytest.raises(ValueError, match=r"lower_dtype must be one of \('float32', 'bfloat16'\), got 'float16'"):
+        load_model("tiny-llama", lower_dtype="float16")
+    with pytest.raises(ValueError, match=r"ModelConfig.lower_dtype must be one of"):
+        ModelConfig(lower_dtype="half")
+    cfg = ExperimentConfig.from_parameters(run_dir=str(tmp_path), lower_dtype="bfloat16", steps=10)
+    assert cfg.method.lower_dtype == "bfloat16"  # the editors train with the experiment's precision
+    assert cfg.case_settings(["counterfact"], instructions=False)["model"]["lower_dtype"] == "bfloat16"
+    model, tok = tiny_llama  # loaded in float32
+    with pytest.raises(ValueError, match=r"instructedit: the model's lower blocks run in float32 but the config trains "
+                                         r"with lower_dtype='bfloat16'"):
+        train_editor(model, tok, cfg.method, tmp_path / "editor")
+    assert not (tmp_path / "editor").exists()
+
+
 def test_split_harness_equals_plain_harness(tiny, cf_records, convsent_records):
     model, tok = tiny
     reqs = build_requests(cf_records + convsent_records, instructions=True, seed=0)

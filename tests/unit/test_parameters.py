@@ -13,6 +13,7 @@ from instructedit_utils.search import cli as instruction_search
 from instructedit_utils.training import cli as training
 from instructedit_utils.config.experiment import PROFILES, ExperimentConfig
 from instructedit_utils.util.paths import PROJECT_ROOT
+import instructedit_utils.config.experiment as experiment_config  # every CLI loads its model here (ModelConfig.load)
 
 NOTEBOOKS = parameters.notebooks()
 # every command line that is the twin of a notebook: argv prefix -> the function building its configuration
@@ -72,7 +73,7 @@ def test_every_notebook_with_a_command_line_has_its_twin_tested():
                          ids=["train", "eval", "search"])
 def test_every_cli_refuses_a_missing_instruction_pool_before_loading_a_model(module, prefix, tmp_path, monkeypatch,
                                                                                capsys):
-    monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(experiment_config, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(SystemExit) as exit_:
         module.main(prefix + ["--profile", "ci", "--runs-dir", str(tmp_path), "-p",
                               f"instructions_file={tmp_path}/no.json"])
@@ -135,7 +136,7 @@ def test_run_dir_is_injected_relative_and_resolved_against_the_project_root():
 
 
 def test_cli_checks_a_descriptions_file_before_loading_a_model(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(experiments, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(experiment_config, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     bad = tmp_path / "descriptions.json"
     bad.write_text(json.dumps({"_about": "my wordings", "zsre": ["Answer with the new fact."]}))
     with pytest.raises(SystemExit) as exit_:
