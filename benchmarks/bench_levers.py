@@ -6,8 +6,11 @@
   trainer's own draws of every editor chapter 2 trains are replayed (tokenised, no model) and the lower-pass
   sequences counted: how many tokens a cache keyed by the tokens would serve again, within one editor and across
   editors. Projected speed-up of training = time as run / (time as run − hit share × lower time).
-* ``bf16`` — the same lower pass with a bfloat16 copy of the model against float32: time, the states' relative
-  error, and the step loss computed from either (the editor's upper blocks in float32 both times).
+* ``cache`` — whether lower states can be shared across runs: the step's batched lower pass against each sequence
+  computed alone (bit-equal rows, largest difference, time of both).
+* ``bf16`` — the same lower pass with a bfloat16 copy of the model, and under bfloat16 autocast (the book's
+  ``lower_dtype = "bfloat16"``), against float32: time, the states' relative error, and the step loss computed from
+  either (the editor's upper blocks in float32 every time).
 * ``baselines`` — FT-L, CaliNet and GRACE: seconds per edit and the edit's teacher-forced accuracy with their
   Table 3 settings and with fewer optimisation steps (``--fewer-steps``), the variants interleaved per edit, next to
   a plain forward pass over the same tokens.
@@ -37,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-LEVERS = ("lower", "bf16", "baselines", "schedule", "profile", "validation")
+LEVERS = ("lower", "cache", "bf16", "baselines", "schedule", "profile", "validation")
 
 
 def _timed(fn):
@@ -162,6 +165,33 @@ def lever_lower(model, tok, cfg, args) -> dict:
             "editors": repeats["editors"]}
 
 
+def lever_cache(model, tok, cfg, args) -> dict:
+    """Can lower states be cached across runs without changing training? A state served from a cache was computed
+    in another batch than the one the step would build. Per example of chapter 2's editor, its lower pass as the step
+    batches it against each sequence computed alone: how many states are bit-equal, the largest difference, and the
+    time of both (computing every sequence alone is the one batch-independent, cacheable form)."""
+    import torch
+
+    config, editor, _, examples = book_editor(model, tok, cfg, args.warmup + args.steps)
+    runner = editor.runner(model)
+    equal = rows_total = 0
+    max_diff = 0.0
+    batched_s, alone_s = [], []
+    for i, ex in enumerate(examples):
+        seqs, header, rows = lower_inputs(ex)
+        t_b, batched = _timed(lambda: runner.lower(seqs, header, header_rows=rows))
+        t_a, alone = _timed(lambda: [runner.lower([s], header if j < rows else (), header_rows=int(j < rows))[0]
+                                     for j, s in enumerate(seqs)])
+        equal += sum(torch.equal(a, b) for a, b in zip(alone, batched))
+        rows_total += len(seqs)
+        max_diff = max([max_diff] + [float((a - b).abs().max()) for a, b in zip(alone, batched)])
+        if i >= args.warmup:
+            batched_s.append(t_b), alone_s.append(t_a)
+    return {"examples": len(examples), "rows": rows_total, "bit_equal_rows": equal, "max_abs_diff": max_diff,
+            "batched_s": statistics.median(batched_s), "alone_s": statistics.median(alone_s),
+            "alone_over_batched": statistics.median(alone_s) / statistics.median(batched_s)}
+
+
 def lever_profile(model, tok, cfg, args) -> dict:
     """Where a training step's time goes: torch's profiler over ``--steps`` steps of chapter 2's editor, the
     operators with the most self CPU time (printed as a table to stderr) and the share of the ten largest."""
@@ -214,9 +244,11 @@ def lever_bf16(model, tok, cfg, args) -> dict:
     config, editor, _, examples = book_editor(model, tok, cfg, args.warmup + args.steps)
     runner = editor.runner(model)
     half = SplitForward(copy.deepcopy(model).to(torch.bfloat16), runner.start)
+    auto = SplitForward(model, runner.start)
+    auto.lower_dtype = "bfloat16"  # what a model loaded with lower_dtype="bfloat16" (ModelConfig) runs
     variants = {
         "bf16_weights": lambda seqs, header, rows: [h.float() for h in half.lower(seqs, header, header_rows=rows)],
-        "autocast": lambda seqs, header, rows: _autocast_lower(runner, seqs, header, rows),
+        "autocast": lambda seqs, header, rows: auto.lower(seqs, header, header_rows=rows),
     }
     times = {"fp32": [], **{k: [] for k in variants}}
     errors = {k: [] for k in variants}
@@ -232,7 +264,7 @@ def lever_bf16(model, tok, cfg, args) -> dict:
             errors[key].append(max(float((x - y).norm() / x.norm()) for x, y in zip(full, low)))
             loss_diff[key].append(abs(reference - _step_loss(editor, model, ex, config, tok, low)))
     n = args.warmup
-    out = {"lower_fp32_s": statistics.median(times["fp32"][n:])}
+    out = {"lower_fp32_s": statistics.median(times["fp32"][n:]), **bf16_steps(model, tok, cfg, args)}
     for key in variants:
         out[key] = {"lower_s": statistics.median(times[key][n:]),
                     "speedup": out["lower_fp32_s"] / statistics.median(times[key][n:]),
@@ -242,21 +274,24 @@ def lever_bf16(model, tok, cfg, args) -> dict:
     return out
 
 
-_AUTOCAST_HEADERS: dict = {}
+def bf16_steps(model, tok, cfg, args) -> dict:
+    """Whole training steps as the trainer runs them, interleaved: chapter 2's editor on the float32 model and the
+    same editor (same start, same examples) on a copy loaded with ``lower_dtype="bfloat16"``."""
+    from instructedit_utils.models.loading import set_lower_dtype
 
-
-def _autocast_lower(runner, seqs, header, rows):
-    """The float32 model's lower pass under CPU autocast (bfloat16 matrix products, float32 elsewhere), with a header
-    cache of its own (headers computed under autocast too)."""
-    import torch
-
-    saved = runner.headers
-    runner.headers = _AUTOCAST_HEADERS.setdefault(id(runner), type(saved)())
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return [h.float() for h in runner.lower(seqs, header, header_rows=rows)]
-    finally:
-        runner.headers = saved
+    half = copy.deepcopy(model)
+    set_lower_dtype(half, "bfloat16")
+    runs = {"fp32": book_editor(model, tok, cfg, args.warmup + args.steps),
+            "bf16_lower": book_editor(half, tok, cfg, args.warmup + args.steps)}
+    times: dict = {k: [] for k in runs}
+    for i in range(args.warmup + args.steps):
+        for key, (config, editor, optimizer, examples) in runs.items():
+            base = model if key == "fp32" else half
+            t, _ = _timed(lambda: train_step(editor, optimizer, base, examples[i], config, tok.pad_token_id))
+            if i >= args.warmup:
+                times[key].append(t)
+    step, step_half = statistics.median(times["fp32"]), statistics.median(times["bf16_lower"])
+    return {"step_fp32_s": step, "step_bf16_lower_s": step_half, "step_speedup": step / step_half}
 
 
 def _step_loss(editor, model, example, config, tok, lowers) -> float:
@@ -285,6 +320,8 @@ def lever_baselines(model, tok, cfg, args) -> dict:
     for name in ("ft-l", "calinet", "grace"):
         default = methods.build(name, model, tok, default_layers=layers)
         variants = {"table3": default}
+        if getattr(default.config, "plateau", None) is not None:  # the same steps without the plateau stop
+            variants["no_plateau"] = methods.build(name, model, tok, default_layers=layers, plateau=None)
         for steps in args.fewer_steps:
             if steps < default.config.steps:
                 variants[f"steps={steps}"] = methods.build(name, model, tok, default_layers=layers, steps=steps)
@@ -382,7 +419,7 @@ def main(argv=None) -> int:
         model, tok = load_model(cfg.model.name)
         model.requires_grad_(False)
         for lever in torch_levers:
-            fn = {"lower": lever_lower, "bf16": lever_bf16, "baselines": lever_baselines,
+            fn = {"lower": lever_lower, "cache": lever_cache, "bf16": lever_bf16, "baselines": lever_baselines,
                   "profile": lever_profile, "validation": lever_validation}[lever]
             results[lever] = fn(model, tok, cfg, args)
     for lever, result in results.items():
@@ -399,8 +436,15 @@ def summary(results: dict) -> str:
                      f"({100 * r['lower_fraction']:.0f} %), step with served states {r['served_step_s']:.3f} s; "
                      f"chapter 2 repeats {100 * r['within_editor_share']:.0f} % of lower tokens within an editor, "
                      f"{100 * r['across_editors_share']:.0f} % across editors -> projected x{r['projected_speedup']:.2f}")
+    if "cache" in results:
+        r = results["cache"]
+        lines.append(f"cache: {r['bit_equal_rows']} of {r['rows']} lower states bit-equal computed alone and in the "
+                     f"step's batch (max |diff| {r['max_abs_diff']:.3g}); alone {r['alone_s']:.3f} s vs batched "
+                     f"{r['batched_s']:.3f} s per example (x{r['alone_over_batched']:.2f})")
     if "bf16" in results:
         r = results["bf16"]
+        lines.append(f"bf16: training step {r['step_fp32_s']:.3f} s in float32, {r['step_bf16_lower_s']:.3f} s with "
+                     f"lower_dtype=bfloat16 (x{r['step_speedup']:.2f})")
         for key in ("bf16_weights", "autocast"):
             v = r[key]
             lines.append(f"bf16 ({key}): lower pass x{v['speedup']:.2f} ({r['lower_fp32_s']:.3f} -> "

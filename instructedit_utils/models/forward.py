@@ -223,6 +223,25 @@ class SplitForward:
                     self._states[seqs[i]] = h
         return found  # type: ignore[return-value]
 
+    def lower_each(self, seqs: Sequence[Sequence[int]], headers: Sequence[Sequence[int]], store=None
+                   ) -> list[torch.Tensor]:
+        """:meth:`lower_rows` with every sequence computed **alone**: its states then depend on its tokens and
+        header only, never on what else is in the batch (padding changes the float rounding), so they can be kept
+        and served again bit for bit. With ``store`` (a :class:`~instructedit_utils.models.states.LowerStates`) a
+        sequence's states come from it when it holds them, and are put there when computed. Alone costs about what
+        the batch costs (``bench_levers.py --levers cache``)."""
+        if len(seqs) != len(headers):
+            raise ValueError(f"{len(seqs)} sequences but {len(headers)} headers")
+        out = []
+        for seq, header in zip(seqs, headers):
+            state = store.get(header, seq) if store is not None else None
+            if state is None:
+                state = self.lower_rows([seq], [header])[0]
+                if store is not None:
+                    store.put(header, seq, state)
+            out.append(state.to(self.device))
+        return out
+
     @staticmethod
     def _prefix_lens(seqs: Sequence[tuple[int, ...]], headers: Sequence[tuple[int, ...]]) -> list[int]:
         """Per row, how many leading tokens come from its header's cache: per header, the prefix all its rows share
@@ -422,6 +441,9 @@ class FullForward:
 
     def lower_rows(self, seqs: Sequence[Sequence[int]], headers: Sequence[Sequence[int]],
                    batch_size: int | None = None) -> list[None]:
+        return [None] * len(seqs)
+
+    def lower_each(self, seqs: Sequence[Sequence[int]], headers: Sequence[Sequence[int]], store=None) -> list[None]:
         return [None] * len(seqs)
 
     def batch(self, seqs: Sequence[Sequence[int]], lowers, pad_id: int):

@@ -25,6 +25,10 @@ from .step import example_tokens, first_examples
 from .trainer import TrainResult, _extendable, is_trained, train_editor
 import pandas as pd
 
+#: the folder of a training run folder where its editors' lower states are kept and shared (models.states)
+STATES_DIR = "lower_states"
+
+
 def worker_threads(total: int | None, workers: int) -> int:
     """Torch threads per worker so that ``workers × threads`` never exceeds ``total`` (``None``: the machine's
     cores): oversubscribed cores make every step several times slower (measured: 6× with one extra process)."""
@@ -41,7 +45,9 @@ def train_editors(cfg, model, tokenizer, configs: dict[str, MethodConfig] | None
     With ``workers`` (default ``cfg.n_workers()``) above 1, the editors not finished yet train at the same time,
     each in its own process (spawned, loading ``cfg.model`` itself) with :func:`worker_threads` threads, so workers
     × threads never exceeds ``cfg.model.num_threads``; then every editor is loaded here. Each run is the same as
-    alone (its randomness depends only on its config and step), so a result does not depend on ``workers``. A worker
+    alone (its randomness depends only on its config and step), so a result does not depend on ``workers``. The
+    runs share the lower states of the sequences they draw in ``<directory>/lower_states``
+    (:class:`~instructedit_utils.models.states.LowerStates`). A worker
     that fails raises here; the others' finished or checkpointed runs stay (rerun to resume)."""
     configs = configs if configs is not None else training_configs(cfg)
     workers = cfg.n_workers() if workers is None else workers
@@ -55,11 +61,12 @@ def train_editors(cfg, model, tokenizer, configs: dict[str, MethodConfig] | None
         (log or (lambda msg: None))(f"training {', '.join(pending)} in {n} processes x {threads} thread(s)")
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = [pool.submit(_train_worker, dataclasses.asdict(cfg.model), configs[name].to_dict(),
-                                str(run_dir / name), cfg.data_dir, threads) for name in pending]
+                                str(run_dir / name), cfg.data_dir, threads, str(run_dir / STATES_DIR))
+                    for name in pending]
             for job in jobs:
                 job.result()
     return {name: train_editor(model, tokenizer, config, run_dir / name, edit_layers=cfg.model.edit_layers,
-                               data_dir=cfg.data_dir, progress=progress, log=log)
+                               data_dir=cfg.data_dir, progress=progress, log=log, states_dir=run_dir / STATES_DIR)
             for name, config in configs.items()}
 
 
@@ -81,12 +88,14 @@ def longest_first(configs: dict[str, MethodConfig], tokenizer, data_dir=None) ->
     return sorted(configs, key=lambda name: -cost[name])
 
 
-def _train_worker(model: dict[str, Any], config: dict[str, Any], directory: str, data_dir, threads: int) -> dict:
+def _train_worker(model: dict[str, Any], config: dict[str, Any], directory: str, data_dir, threads: int,
+                  states_dir: str) -> dict:
     """One editor's training in a worker process (see :func:`train_editors`)."""
     setup_torch(threads, config["seed"])
     base, tokenizer = ModelConfig(**model).load()
     result = train_editor(base, tokenizer, MethodConfig.from_dict(config), directory,
-                          edit_layers=model["edit_layers"], data_dir=data_dir, progress=False, log=None)
+                          edit_layers=model["edit_layers"], data_dir=data_dir, progress=False, log=None,
+                          states_dir=states_dir)
     return result.summary
 
 

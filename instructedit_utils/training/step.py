@@ -159,19 +159,21 @@ def _cosine(a, b) -> float:
     return float(dot / (na * nb).clamp_min(1e-30))
 
 
-def edit_step(editor: MendEditor, model, example: TrainExample, config: MethodConfig, pad_id: int
+def edit_step(editor: MendEditor, model, example: TrainExample, config: MethodConfig, pad_id: int, store=None
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one training edit (differentiable w.r.t. the editor) and its metrics.
 
-    All sequences of the example go into one batch: lower blocks once per sequence (instruction header cached),
-    the upper blocks twice — unedited (edit loss → factors; pre-edit locality logits) and edited (low-rank hooks).
+    The lower blocks run once per sequence, each sequence alone (instruction header cached), or not at all where
+    ``store`` (:class:`~instructedit_utils.models.states.LowerStates`) holds its states; then all sequences of the
+    example go into one batch through the upper blocks, twice — unedited (edit loss → factors; pre-edit locality
+    logits) and edited (low-rank hooks).
     """
     runner = editor.runner(model)
     n_l, n_u, n_c = len(example.likely), len(example.unlikely), len(example.loc)
     instructed = [example.edit] + example.likely + example.unlikely
     # edit/likely/unlikely sequences need no input after their last target's predecessor; locality needs all tokens
     inputs = [s.inputs for s in instructed] + [s.input_ids for s in example.loc]
-    lowers = runner.lower(inputs, example.header, header_rows=len(instructed))
+    lowers = runner.lower_each(inputs, [example.header] * len(instructed) + [()] * n_c, store)
     # unedited pass: edit sequence + locality; edited pass: rephrase/responses + locality
     inner = runner.batch([inputs[0]] + inputs[-n_c:], [lowers[0]] + lowers[-n_c:], pad_id)
     outer = runner.batch(inputs[1:], lowers[1:], pad_id)

@@ -50,7 +50,9 @@ from ..data.records import EditRecord
 from ..data.tasks import load_task
 from ..evaluation.scoring import score_requests
 from ..methods.mend import EDITOR_META, MendEditor
+from ..models.forward import SplitForward
 from ..models.loading import lower_dtype_of
+from ..models.states import LowerStates
 from ..util.runs import RunFolder, atomic_write_json, atomic_write_text, jsonl
 from .step import TaskSampler, draw_example, edit_step, initial_editor
 from .validation import edit_and_score, validation_metrics, validation_requests
@@ -167,11 +169,14 @@ def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pa
                  edit_layers: Sequence[int] | None = None, data_dir=None, accelerator=None,
                  progress: bool = True, stop_after: int | None = None, log: Callable[[str], None] | None = print,
                  train_records: dict[str, list[EditRecord]] | None = None,
-                 val_requests: Sequence[EditRequest] | None = None, score_kwargs: dict | None = None) -> TrainResult:
+                 val_requests: Sequence[EditRequest] | None = None, score_kwargs: dict | None = None,
+                 states_dir: str | os.PathLike | None = None) -> TrainResult:
     """Train (or resume, or just load a finished) editor into ``directory``; returns the best editor.
 
     ``stop_after`` ends the call after that many steps *without* checkpointing them, as a kill would (tests).
-    ``train_records``/``val_requests`` replace the task data (tests, custom data).
+    ``train_records``/``val_requests`` replace the task data (tests, custom data). ``states_dir``: a folder of
+    lower states shared with other runs (:class:`~instructedit_utils.models.states.LowerStates`; the same editor
+    with or without it).
     """
     from tqdm import tqdm
 
@@ -185,7 +190,7 @@ def _train_editor(model, tokenizer, config: MethodConfig, directory: str | os.Pa
                          f"with lower_dtype={config.lower_dtype!r}; load the model with "
                          f"load_model(..., lower_dtype={config.lower_dtype!r}) (ModelConfig.load does)")
     run = _Trainer(model, tokenizer, config, directory, accelerator, log, edit_layers, data_dir, train_records,
-                   val_requests, score_kwargs)
+                   val_requests, score_kwargs, states_dir)
     if run.state["step"] == 0 and run.state["best"] is None:
         run.validate()  # the untrained editor (warm-up statistics filled by initial_editor): the curves' start
         run.checkpoint()
@@ -231,7 +236,7 @@ class _Trainer:
     :meth:`checkpoint` and :meth:`finish`. Built fresh or from ``last/`` (resume)."""
 
     def __init__(self, model, tokenizer, config: MethodConfig, directory: Path, accelerator, log, edit_layers,
-                 data_dir, train_records, val_requests, score_kwargs):
+                 data_dir, train_records, val_requests, score_kwargs, states_dir=None):
         device = next(model.parameters()).device
         if accelerator is None:
             from accelerate import Accelerator
@@ -276,6 +281,9 @@ class _Trainer:
                 k: v for k, v in self.score_kwargs.items() if k != "fluency_max_new_tokens"})
         self.window: dict[str, list[float]] = defaultdict(list)
         self.val_states: dict = {}  # the validation edits' lower states, kept across rounds (edit_and_score)
+        runner = self.editor.runner(model)
+        self.store = (LowerStates(states_dir, model, runner.start)
+                      if states_dir is not None and isinstance(runner, SplitForward) else None)
 
     def checkpoint(self) -> None:
         if self.main:
@@ -333,7 +341,8 @@ class _Trainer:
         for micro in range(self.config.grad_accumulation):
             example = draw_example(self.config, self.sampler, self.tokenizer, self.pool, step, micro,
                                    self.accelerator.process_index)
-            loss, values = edit_step(self.editor, self.model, example, self.config, self.tokenizer.pad_token_id)
+            loss, values = edit_step(self.editor, self.model, example, self.config, self.tokenizer.pad_token_id,
+                                     self.store)
             if not torch.isfinite(loss):
                 return False, metrics
             (loss / self.config.grad_accumulation).backward()

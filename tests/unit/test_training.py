@@ -91,6 +91,73 @@ def test_resume_after_interruption_gives_the_same_editor(tiny_llama, tmp_path):
         _train(model, tok, tiny_method_config(rank=4), tmp_path / "a")
 
 
+def test_stored_lower_states_are_the_recomputed_ones_bit_for_bit(tiny_llama, tmp_path):
+    """Each sequence's lower states computed alone, put in a store, served to a fresh runner and recomputed without
+    a store: the same tensors bit for bit (float32)."""
+    from instructedit_utils.models.states import LowerStates
+
+    model, tok = tiny_llama
+    header = tuple(tok("Task: CounterFact\nDescription: change the fact\nInput:")["input_ids"])
+    seqs = [header + tuple(tok(" The capital of France is Paris")["input_ids"]), tuple(tok("hello there")["input_ids"]),
+            header + tuple(tok(" Rome is in")["input_ids"])]
+    headers = [header, (), header]
+    store = LowerStates(tmp_path, model, 2)
+    first = forward.SplitForward(model, 2).lower_each(seqs, headers, store)
+    assert (store.hits, store.misses) == (0, 3)
+    served = forward.SplitForward(model, 2).lower_each(seqs, headers, store)
+    assert (store.hits, store.misses) == (3, 3)
+    recomputed = forward.SplitForward(model, 2).lower_each(seqs, headers)
+    assert all(torch.equal(a, b) and torch.equal(b, c) for a, b, c in zip(first, served, recomputed))
+    assert [len(s) for s in seqs] == [len(h) for h in served]
+
+
+def test_a_lower_state_store_is_refused_for_another_model_split_or_precision(tiny_llama, tmp_path):
+    import copy
+
+    from instructedit_utils.models.loading import set_lower_dtype
+    from instructedit_utils.models.states import LowerStates
+
+    model, tok = tiny_llama
+    seq = tuple(tok("hello there")["input_ids"])
+    store = LowerStates(tmp_path, model, 2)
+    store.put((), seq, forward.SplitForward(model, 2).lower_each([seq], [()])[0])
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.get_submodule("model.layers.0.mlp.down_proj").weight.mul_(1.5)
+    half = copy.deepcopy(model)
+    set_lower_dtype(half, "bfloat16")
+    for changed in (LowerStates(tmp_path, other, 2), LowerStates(tmp_path, model, 3), LowerStates(tmp_path, half, 2)):
+        assert changed.directory != store.directory and changed.get((), seq) is None
+    upper_only = copy.deepcopy(model)  # a weight above the split does not change the states
+    with torch.no_grad():
+        upper_only.get_submodule("model.layers.3.mlp.down_proj").weight.mul_(1.5)
+    assert LowerStates(tmp_path, upper_only, 2).directory == store.directory
+    path = store.path((), seq)
+    path.write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match=rf"{path}: not a readable lower-state file"):
+        store.get((), seq)
+
+
+def test_training_with_a_shared_lower_state_store_gives_the_same_editor(tiny_llama, tmp_path, monkeypatch):
+    from instructedit_utils.models.states import LowerStates
+
+    model, tok = tiny_llama
+    cfg = tiny_method_config()
+    plain = _train(model, tok, cfg, tmp_path / "plain")
+    filling = _train(model, tok, cfg, tmp_path / "filling", states_dir=tmp_path / "states")
+    files = sorted((tmp_path / "states").rglob("*.safetensors"))
+    served_states = []
+    get = LowerStates.get
+    monkeypatch.setattr(LowerStates, "get", lambda self, h, s: served_states.append(get(self, h, s)) or
+                        served_states[-1])
+    served = _train(model, tok, cfg, tmp_path / "served", states_dir=tmp_path / "states")
+    assert served_states and all(s is not None for s in served_states)  # every step was served from the store
+    assert sorted((tmp_path / "states").rglob("*.safetensors")) == files
+    a, b, c = (editor_state(r.editor) for r in (plain, filling, served))
+    assert all(torch.equal(a[k], b[k]) and torch.equal(b[k], c[k]) for k in a)
+    assert list(plain.train_log()["loss/total"]) == list(served.train_log()["loss/total"])
+
+
 def test_finished_run_extends_to_more_steps_like_a_longer_run(tiny_llama, tmp_path):
     model, tok = tiny_llama
     straight = _train(model, tok, tiny_method_config(steps=6), tmp_path / "a")
