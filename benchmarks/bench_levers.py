@@ -6,8 +6,9 @@
   trainer's own draws of every editor chapter 2 trains are replayed (tokenised, no model) and the lower-pass
   sequences counted: how many tokens a cache keyed by the tokens would serve again, within one editor and across
   editors. Projected speed-up of training = time as run / (time as run − hit share × lower time).
-* ``cache`` — whether lower states can be shared across runs: the step's batched lower pass against each sequence
-  computed alone (bit-equal rows, largest difference, time of both).
+* ``cache`` — whether lower states can be shared across runs: the step's former batched lower pass against each
+  sequence computed alone, as the trainer now does (bit-equal rows, largest difference, time of both), and the
+  alone pass writing to a :class:`~instructedit_utils.models.states.LowerStates` store and reading back from it.
 * ``bf16`` — the same lower pass with a bfloat16 copy of the model, and under bfloat16 autocast (the book's
   ``lower_dtype = "bfloat16"``), against float32: time, the states' relative error, and the step loss computed from
   either (the editor's upper blocks in float32 every time).
@@ -63,6 +64,12 @@ def lower_inputs(example):
     return [s.inputs for s in instructed] + [s.input_ids for s in example.loc], example.header, len(instructed)
 
 
+def lower_each_inputs(example):
+    """The same as (sequences, per-sequence headers), as the step's ``lower_each`` takes them."""
+    seqs, header, rows = lower_inputs(example)
+    return seqs, [header if i < rows else () for i in range(len(seqs))]
+
+
 def book_editor(model, tokenizer, cfg, steps: int):
     """Chapter 2's editor as a training run starts it (:func:`~instructedit_utils.training.step.initial_editor`), in
     training mode with the trainer's optimizer, and the trainer's examples of its first ``steps`` steps."""
@@ -86,11 +93,11 @@ def book_editor(model, tokenizer, cfg, steps: int):
 def serving(runner, lowers):
     """Inside the block, ``runner``'s lower pass returns ``lowers`` (a cache hit); ``None``: it computes as usual."""
     if lowers is not None:
-        runner.lower = lambda *args, **kwargs: lowers
+        runner.lower_each = lambda *args, **kwargs: lowers
     try:
         yield
     finally:
-        runner.__dict__.pop("lower", None)
+        runner.__dict__.pop("lower_each", None)
 
 
 def train_step(editor, optimizer, model, example, config, pad_id, lowers=None) -> float:
@@ -112,7 +119,7 @@ def lower_share(model, tok, cfg, args) -> dict:
     runner = editor.runner(model)
     as_run, lower_only, served = [], [], []
     for i, ex in enumerate(examples):
-        t_lower, lowers = _timed(lambda: runner.lower(*lower_inputs(ex)[:2], header_rows=lower_inputs(ex)[2]))
+        t_lower, lowers = _timed(lambda: runner.lower_each(*lower_each_inputs(ex)))
         t_run, _ = _timed(lambda: train_step(editor, optimizer, model, ex, config, tok.pad_token_id))
         t_served, _ = _timed(lambda: train_step(editor, optimizer, model, ex, config, tok.pad_token_id, lowers))
         if i >= args.warmup:
@@ -172,24 +179,32 @@ def lever_cache(model, tok, cfg, args) -> dict:
     time of both (computing every sequence alone is the one batch-independent, cacheable form)."""
     import torch
 
+    import tempfile
+
+    from instructedit_utils.models.states import LowerStates
+
     config, editor, _, examples = book_editor(model, tok, cfg, args.warmup + args.steps)
     runner = editor.runner(model)
     equal = rows_total = 0
     max_diff = 0.0
-    batched_s, alone_s = [], []
-    for i, ex in enumerate(examples):
-        seqs, header, rows = lower_inputs(ex)
-        t_b, batched = _timed(lambda: runner.lower(seqs, header, header_rows=rows))
-        t_a, alone = _timed(lambda: [runner.lower([s], header if j < rows else (), header_rows=int(j < rows))[0]
-                                     for j, s in enumerate(seqs)])
-        equal += sum(torch.equal(a, b) for a, b in zip(alone, batched))
-        rows_total += len(seqs)
-        max_diff = max([max_diff] + [float((a - b).abs().max()) for a, b in zip(alone, batched)])
-        if i >= args.warmup:
-            batched_s.append(t_b), alone_s.append(t_a)
+    batched_s, alone_s, stored_s, served_s = [], [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        store = LowerStates(folder, model, runner.start)
+        for i, ex in enumerate(examples):
+            seqs, header, rows = lower_inputs(ex)
+            t_b, batched = _timed(lambda: runner.lower(seqs, header, header_rows=rows))
+            t_a, alone = _timed(lambda: runner.lower_each(*lower_each_inputs(ex)))
+            t_s, _ = _timed(lambda: runner.lower_each(*lower_each_inputs(ex), store))  # computed and written
+            t_r, _ = _timed(lambda: runner.lower_each(*lower_each_inputs(ex), store))  # read back
+            equal += sum(torch.equal(a, b) for a, b in zip(alone, batched))
+            rows_total += len(seqs)
+            max_diff = max([max_diff] + [float((a - b).abs().max()) for a, b in zip(alone, batched)])
+            if i >= args.warmup:
+                batched_s.append(t_b), alone_s.append(t_a), stored_s.append(t_s), served_s.append(t_r)
     return {"examples": len(examples), "rows": rows_total, "bit_equal_rows": equal, "max_abs_diff": max_diff,
             "batched_s": statistics.median(batched_s), "alone_s": statistics.median(alone_s),
-            "alone_over_batched": statistics.median(alone_s) / statistics.median(batched_s)}
+            "alone_over_batched": statistics.median(alone_s) / statistics.median(batched_s),
+            "alone_and_write_s": statistics.median(stored_s), "read_s": statistics.median(served_s)}
 
 
 def lever_profile(model, tok, cfg, args) -> dict:
@@ -247,19 +262,19 @@ def lever_bf16(model, tok, cfg, args) -> dict:
     auto = SplitForward(model, runner.start)
     auto.lower_dtype = "bfloat16"  # what a model loaded with lower_dtype="bfloat16" (ModelConfig) runs
     variants = {
-        "bf16_weights": lambda seqs, header, rows: [h.float() for h in half.lower(seqs, header, header_rows=rows)],
-        "autocast": lambda seqs, header, rows: auto.lower(seqs, header, header_rows=rows),
+        "bf16_weights": lambda seqs, headers: [h.float() for h in half.lower_each(seqs, headers)],
+        "autocast": lambda seqs, headers: auto.lower_each(seqs, headers),
     }
     times = {"fp32": [], **{k: [] for k in variants}}
     errors = {k: [] for k in variants}
     loss_diff = {k: [] for k in variants}
     for i, ex in enumerate(examples):
-        seqs, header, rows = lower_inputs(ex)
-        t, full = _timed(lambda: runner.lower(seqs, header, header_rows=rows))
+        seqs, headers = lower_each_inputs(ex)
+        t, full = _timed(lambda: runner.lower_each(seqs, headers))
         times["fp32"].append(t)
         reference = _step_loss(editor, model, ex, config, tok, full)
         for key, fn in variants.items():
-            t, low = _timed(lambda: fn(seqs, header, rows))
+            t, low = _timed(lambda: fn(seqs, headers))
             times[key].append(t)
             errors[key].append(max(float((x - y).norm() / x.norm()) for x, y in zip(full, low)))
             loss_diff[key].append(abs(reference - _step_loss(editor, model, ex, config, tok, low)))
@@ -440,7 +455,8 @@ def summary(results: dict) -> str:
         r = results["cache"]
         lines.append(f"cache: {r['bit_equal_rows']} of {r['rows']} lower states bit-equal computed alone and in the "
                      f"step's batch (max |diff| {r['max_abs_diff']:.3g}); alone {r['alone_s']:.3f} s vs batched "
-                     f"{r['batched_s']:.3f} s per example (x{r['alone_over_batched']:.2f})")
+                     f"{r['batched_s']:.3f} s per example (x{r['alone_over_batched']:.2f}); with the store's write "
+                     f"{r['alone_and_write_s']:.3f} s, served from it {r['read_s']:.4f} s")
     if "bf16" in results:
         r = results["bf16"]
         lines.append(f"bf16: training step {r['step_fp32_s']:.3f} s in float32, {r['step_bf16_lower_s']:.3f} s with "
