@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from ..data.tasks import TASKS, data_fingerprint, task_spec
 from ..data.instructions import load_pool, read_descriptions
 from ..util.paths import display_path, project_path
-from ..models.loading import LOWER_DTYPES, MODEL_PRESETS, load_model
+from ..models.loading import MODEL_PRESETS, check_lower_dtype, load_model
 from .method import MethodConfig
 from .options import OPTIONS, make_config
 from .studies import GradientConfig, MixtureConfig, SearchConfig
@@ -46,8 +46,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.device must be cpu, cuda[:N] or mps, got {self.device!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError("ModelConfig.num_threads must be >= 1 or None")
-        if self.lower_dtype not in LOWER_DTYPES:
-            raise ValueError(f"ModelConfig.lower_dtype must be one of {LOWER_DTYPES}, got {self.lower_dtype!r}")
+        check_lower_dtype(self.lower_dtype, "ModelConfig.")
         if self.edit_layers is not None:
             self.edit_layers = tuple(int(x) for x in self.edit_layers)
         elif self.name in MODEL_PRESETS and MODEL_PRESETS[self.name].edit_layers:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data.instructions import load_pool
 from ..data.tasks import task_spec
-from ..models.loading import LOWER_DTYPES
+from ..models.loading import check_lower_dtype
 
 METHODS = ("mend", "ke")  # trained editors (MEND family, KE); other methods register in instructedit_utils.methods
 
@@ -109,8 +109,7 @@ class MethodConfig:
                                  f"(a multiple of val_every={self.val_every})")
         if self.ke_hidden < 1 or self.kl_margin < 0 or self.lagrange_lr < 0:
             raise ValueError("ke_hidden must be >= 1, kl_margin and lagrange_lr >= 0")
-        if self.lower_dtype not in LOWER_DTYPES:
-            raise ValueError(f"MethodConfig.lower_dtype must be one of {LOWER_DTYPES}, got {self.lower_dtype!r}")
+        check_lower_dtype(self.lower_dtype, "MethodConfig.")
         if self.instructions_file is not None:
             load_pool(self.instructions_file)  # a missing or malformed pool is an error now, before training
 

@@ -332,14 +332,20 @@ LOWER_DTYPE_ATTR = "instructedit_lower_dtype"
 LOWER_DTYPES = ("float32", "bfloat16")
 
 
+def check_lower_dtype(lower_dtype: str, owner: str = "") -> None:
+    """A ``ValueError`` unless ``lower_dtype`` is one of :data:`LOWER_DTYPES` (``owner``, e.g. ``"ModelConfig."``,
+    prefixes the name in the message): the one check every holder of the setting runs."""
+    if lower_dtype not in LOWER_DTYPES:
+        raise ValueError(f"{owner}lower_dtype must be one of {LOWER_DTYPES}, got {lower_dtype!r}")
+
+
 def set_lower_dtype(model: torch.nn.Module, lower_dtype: str) -> None:
     """Precision of the frozen blocks below the edited ones in the split forward
     (:class:`~instructedit_utils.models.forward.SplitForward`): ``"bfloat16"`` runs them under bfloat16 autocast
     (matrix products in bfloat16, the residual stream kept in float32), ``"float32"`` as loaded. The edited blocks, the
     head and every other pass of the model keep the model's own dtype. A plain attribute of the model object (never
     saved with it), so that every runner built on this model uses the same precision."""
-    if lower_dtype not in LOWER_DTYPES:
-        raise ValueError(f"lower_dtype must be one of {LOWER_DTYPES}, got {lower_dtype!r}")
+    check_lower_dtype(lower_dtype)
     setattr(model, LOWER_DTYPE_ATTR, lower_dtype)
 
 
@@ -357,8 +363,7 @@ def load_model(name: str = "smollm2-135m", device: str = "cpu", dtype: str = "fl
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    if lower_dtype not in LOWER_DTYPES:
-        raise ValueError(f"lower_dtype must be one of {LOWER_DTYPES}, got {lower_dtype!r}")
+    check_lower_dtype(lower_dtype)  # before a model loads
     preset = resolve_preset(name)
     if preset.source == "tiny":
         tokenizer = tiny_tokenizer(add_bos=preset.extra["add_bos"])
