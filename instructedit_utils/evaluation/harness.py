@@ -21,12 +21,14 @@ from ..models.batches import score_split
 from ..models.metrics import TargetScore
 from ..util.runs import RunFolder, atomic_write_text
 from .requests import requests_digest
-from .scoring import generate_edited, generation_fields, greedy_success, score_requests
+from .scoring import generate_edited, generation_fields, greedy_success, natural_success_fields, score_requests
 
 _SCORE_DEFAULTS = {k: p.default for k, p in inspect.signature(score_requests).parameters.items()
                    if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("reference", "scorer")}
 #: scoring options added after case files existed: recorded only when on, so that older case files stay valid
-_RECORDED_WHEN_ON = ("success_max_new_tokens",)
+_RECORDED_WHEN_ON = ("success_max_new_tokens", "natural_max_new_tokens")
+#: the scoring options that generate text (batched across a chunk's edited models for weight-changing methods)
+GENERATION_OPTIONS = ("fluency_max_new_tokens", "success_max_new_tokens", "natural_max_new_tokens")
 
 
 def scoring_settings(score_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -169,12 +171,10 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
     runner = method.runner(model) if split else None
     batch_size = score_kwargs.get("batch_size", 16)
     unedited = UneditedScores(run.path / "unedited", model, score_kwargs) if run is not None and shared else None
-    gen_tokens = score_kwargs.get("fluency_max_new_tokens", 0)
-    success_tokens = score_kwargs.get("success_max_new_tokens", 0)
-    batched = batch_generation and (gen_tokens > 0 or success_tokens > 0) and not isinstance(method, Unedited) \
+    generating = any(score_kwargs.get(k, 0) > 0 for k in GENERATION_OPTIONS)
+    batched = batch_generation and generating and not isinstance(method, Unedited) \
         and type(method).weight_deltas is not EditingMethod.weight_deltas
-    edited_kwargs = ({**score_kwargs, "fluency_max_new_tokens": 0, "success_max_new_tokens": 0} if batched
-                     else score_kwargs)
+    edited_kwargs = {**score_kwargs, **dict.fromkeys(GENERATION_OPTIONS, 0)} if batched else score_kwargs
 
     def score_chunk(part: list[EditRequest]) -> list[dict[str, Any]]:
         scorer = None
@@ -226,13 +226,20 @@ def _generate_edited_fields(model, tokenizer, part: Sequence[EditRequest], delta
     batch_size = score_kwargs.get("batch_size", 16)
     gen_tokens = score_kwargs.get("fluency_max_new_tokens", 0)
     success_tokens = score_kwargs.get("success_max_new_tokens", 0)
+    natural_tokens = score_kwargs.get("natural_max_new_tokens", 0)
+
+    def generate_fn(prompts, owners, n):
+        return generate_edited(model, tokenizer, prompts, [deltas[c] for c in owners], n, batch_size)
+
     if gen_tokens > 0:
         texts = generate_edited(model, tokenizer, [r.prompt for r in part], deltas, gen_tokens, batch_size)
         for case, text in zip(cases, texts):
             case.update(generation_fields(text))
     if success_tokens > 0:
-        greedy = greedy_success(part, tokenizer, score_kwargs.get("max_rephrases", 3), success_tokens,
-                                lambda prompts, owners, n: generate_edited(
-                                    model, tokenizer, prompts, [deltas[c] for c in owners], n, batch_size))
-        for case, fields in zip(cases, greedy):
+        for case, fields in zip(cases, greedy_success(part, tokenizer, score_kwargs.get("max_rephrases", 3),
+                                                      success_tokens, generate_fn)):
+            case.update(fields)
+    if natural_tokens > 0:
+        for case, fields in zip(cases, natural_success_fields(part, score_kwargs.get("max_rephrases", 3),
+                                                              natural_tokens, generate_fn)):
             case.update(fields)

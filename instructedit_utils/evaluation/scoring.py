@@ -28,6 +28,11 @@ Metric keys (slash-separated, MEND style):
                        target (:func:`~instructedit_utils.models.metrics.generation_success`), with
                        ``success_max_new_tokens``
 ``gen/greedy``         the same on the rephrases (mean); both left out for ConvSent, whose targets are responses
+``edit/natural_em``    success as the model says it: the greedy continuation of the edit prompt, run to
+                       ``natural_max_new_tokens`` and cut at its natural stop (a line break or a sentence end), is
+                       the target after normalisation (:func:`~instructedit_utils.models.metrics.natural_success`)
+                       (``edit/natural_contains``, secondary: the answer holds the target as whole words)
+``gen/natural_em``     the same on the rephrases (mean; ``gen/natural_contains``); all four left out for ConvSent
 =====================  ==========================================================================================
 
 All (prompt, answer) pairs of many cases are scored in shared batches; results are regrouped per case.
@@ -43,7 +48,8 @@ import torch
 from ..data.instructions import EditRequest
 from ..models.deltas import applied_per_row
 from ..models.metrics import (Encoded, TargetScore, encode_pair, fluency, generate, generation_success,
-                              locality_agreement, score_encoded, sentiment_edit_success, sentiment_success)
+                              locality_agreement, natural_success, score_encoded, sentiment_edit_success,
+                              sentiment_success)
 
 Scorer = Callable[[Sequence[Encoded]], list[TargetScore]]
 
@@ -72,7 +78,7 @@ def _mean(values: list[float]) -> float | None:
 
 def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_size: int = 16, max_rephrases: int = 3,
                    max_probes: int = 3, max_aliases: int = 1, sentiment_responses: int = 4,
-                   fluency_max_new_tokens: int = 0, success_max_new_tokens: int = 0,
+                   fluency_max_new_tokens: int = 0, success_max_new_tokens: int = 0, natural_max_new_tokens: int = 0,
                    reference: dict[tuple, TargetScore] | None = None,
                    scorer: Scorer | None = None) -> tuple[list[dict[str, Any]], dict]:
     """Score ``model`` on each request; returns (cases, raw reference scores).
@@ -88,7 +94,8 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
     ``scorer`` replaces the plain batched forward passes (e.g. :func:`~instructedit_utils.models.forward.score_split`,
     which replays only the edited blocks); it must score ``model``. With ``success_max_new_tokens``, the greedy
     continuations of the edit prompt and the scored rephrases give ``edit/greedy`` and ``gen/greedy``
-    (:func:`greedy_success`).
+    (:func:`greedy_success`); with ``natural_max_new_tokens``, continuations of that length cut at their natural
+    stop give ``edit/natural_em``, ``edit/natural_contains`` and their ``gen/`` twins (:func:`natural_success_fields`).
     """
     scores = _scoring_jobs(tokenizer, requests, max_rephrases, max_probes, max_aliases,
                            sentiment_responses).run(model, batch_size, scorer)
@@ -100,13 +107,17 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
     greedy = (greedy_success(requests, tokenizer, max_rephrases, success_max_new_tokens,
                              lambda prompts, _owners, n: generate(model, tokenizer, prompts, n, batch_size))
               if success_max_new_tokens > 0 else None)
+    natural = (natural_success_fields(requests, max_rephrases, natural_max_new_tokens,
+                                      lambda prompts, _owners, n: generate(model, tokenizer, prompts, n, batch_size))
+               if natural_max_new_tokens > 0 else None)
     cases = []
     for c, req in enumerate(requests):
         case = _case(req, grouped[c], reference)
         if generations is not None:
             case.update(generation_fields(generations[c]))
-        if greedy is not None:
-            case.update(greedy[c])
+        for fields in (greedy, natural):
+            if fields is not None:
+                case.update(fields[c])
         cases.append({k: v for k, v in case.items() if v is not None or k in ("instruction", "description_index")})
     raw = {(requests[key[0]].case_id, *key[1:]): sc for key, sc in scores.items()
            if key[1] == "loc" or key[1:3] == ("sent", "t")}
@@ -179,6 +190,38 @@ def _sentiment_fields(req: EditRequest, sent: dict, reference: dict[tuple, Targe
             "sentiment/margin": float(np.mean(t_mean) - np.mean(o_mean))}
 
 
+def _answer_prompts(requests: Sequence[EditRequest], max_rephrases: int) -> tuple[list[str], list[int], list[str]]:
+    """The prompts whose continuations are checked for the target: each request's edit prompt and its first
+    ``max_rephrases`` rephrases (none for ConvSent, whose target is a sentiment, not a text to say); returns
+    (prompts, owning request, kind ``edit``/``gen``)."""
+    prompts, owners, kinds = [], [], []
+    for c, req in enumerate(requests):
+        if req.record.target_responses:
+            continue
+        for kind, prompt in (("edit", req.prompt), *(("gen", r) for r in req.rephrases[:max_rephrases])):
+            prompts.append(prompt)
+            owners.append(c)
+            kinds.append(kind)
+    return prompts, owners, kinds
+
+
+def _answer_fields(requests: Sequence[EditRequest], owners: Sequence[int], kinds: Sequence[str],
+                   values: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
+    """Per request: ``edit/<name>`` of its edit prompt and ``gen/<name>`` as the mean over its rephrases, for every
+    ``name`` of the per-prompt ``values``."""
+    out: list[dict[str, float]] = [{} for _ in requests]
+    rephrased: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for c, kind, value in zip(owners, kinds, values):
+        for name, v in value.items():
+            if kind == "edit":
+                out[c][f"edit/{name}"] = v
+            else:
+                rephrased[(c, name)].append(v)
+    for (c, name), vs in rephrased.items():
+        out[c][f"gen/{name}"] = float(np.mean(vs))
+    return out
+
+
 def greedy_success(requests: Sequence[EditRequest], tokenizer, max_rephrases: int, max_new_tokens: int,
                    generate_fn: Callable[[list[str], list[int], int], list[str]]) -> list[dict[str, float]]:
     """``edit/greedy`` and ``gen/greedy`` of each request (empty for ConvSent): whether the greedy continuation of
@@ -186,29 +229,30 @@ def greedy_success(requests: Sequence[EditRequest], tokenizer, max_rephrases: in
     (:func:`~instructedit_utils.models.metrics.generation_success`). ``generate_fn(prompts, owners, n)`` continues every
     prompt by ``n`` tokens (``owners[i]``: the request prompt ``i`` belongs to); ``n`` is the longest target in
     tokens plus two, at most ``max_new_tokens`` (greedy text does not depend on how far it runs)."""
-    prompts, owners, kinds = [], [], []
-    for c, req in enumerate(requests):
-        if req.record.target_responses:  # ConvSent: the target is a sentiment, not a text to generate
-            continue
-        for kind, prompt in (("edit", req.prompt), *(("gen", r) for r in req.rephrases[:max_rephrases])):
-            prompts.append(prompt)
-            owners.append(c)
-            kinds.append(kind)
-    out: list[dict[str, float]] = [{} for _ in requests]
+    prompts, owners, kinds = _answer_prompts(requests, max_rephrases)
     if not prompts:
-        return out
+        return [{} for _ in requests]
     longest = max(len(tokenizer(" " + requests[c].target)["input_ids"]) for c in set(owners))
     texts = generate_fn(prompts, owners, min(max_new_tokens, longest + 2))
-    rephrased: dict[int, list[float]] = defaultdict(list)
-    for c, kind, text in zip(owners, kinds, texts):
-        success = generation_success(text, requests[c].target)
-        if kind == "edit":
-            out[c]["edit/greedy"] = success
-        else:
-            rephrased[c].append(success)
-    for c, values in rephrased.items():
-        out[c]["gen/greedy"] = float(np.mean(values))
-    return out
+    values = [{"greedy": generation_success(text, requests[c].target)} for c, text in zip(owners, texts)]
+    return _answer_fields(requests, owners, kinds, values)
+
+
+def natural_success_fields(requests: Sequence[EditRequest], max_rephrases: int, max_new_tokens: int,
+                           generate_fn: Callable[[list[str], list[int], int], list[str]]) -> list[dict[str, float]]:
+    """Success as the model says it, per request (empty for ConvSent): the greedy continuation of the edit prompt and
+    of each of the first ``max_rephrases`` rephrases runs to ``max_new_tokens`` (never cut to the target's length),
+    is cut at its natural stop and compared with the target
+    (:func:`~instructedit_utils.models.metrics.natural_success`): ``edit/natural_em`` and ``gen/natural_em``
+    (normalised exact match; rephrases averaged), ``edit/natural_contains`` and ``gen/natural_contains`` (the
+    answer holds the target). ``generate_fn`` as in :func:`greedy_success`."""
+    prompts, owners, kinds = _answer_prompts(requests, max_rephrases)
+    if not prompts:
+        return [{} for _ in requests]
+    texts = generate_fn(prompts, owners, max_new_tokens)
+    values = [{f"natural_{k}": v for k, v in natural_success(text, requests[c].target).items()}
+              for c, text in zip(owners, texts)]
+    return _answer_fields(requests, owners, kinds, values)
 
 
 def generation_fields(continuation: str) -> dict[str, Any]:

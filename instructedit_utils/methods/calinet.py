@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..config.options import CaliNetConfig, make_config
-from .registry import EditingMethod, register
+from .registry import EditingMethod, EditStream, register
 from .edit_loop import (OptimizedMethod, hooked, mlp_input_dim, optimize, request_batch,
                         target_loss)
 
@@ -48,8 +48,10 @@ class CaliNet(OptimizedMethod):
         self.module = self.mlp(model)
         self.dim = mlp_input_dim(self.module)
 
-    def init_slots(self, device, dtype) -> Slots:
-        gen = torch.Generator().manual_seed(self.config.seed)
+    def init_slots(self, device, dtype, offset: int = 0) -> Slots:
+        """Fresh slots: seeded random keys (seed ``config.seed + offset``: the ``offset``-th edit of a stream gets
+        keys of its own), zero values."""
+        gen = torch.Generator().manual_seed(self.config.seed + offset)
         keys = torch.randn(self.config.slots, self.dim, generator=gen) / math.sqrt(self.dim)
         return Slots(keys.to(device, dtype).requires_grad_(True),
                      torch.zeros(self.config.slots, self.dim, device=device, dtype=dtype, requires_grad=True))
@@ -63,9 +65,10 @@ class CaliNet(OptimizedMethod):
         with hooked(self.module, hook):
             yield
 
-    def train_slots(self, model: nn.Module, tokenizer, request) -> Slots:
+    def train_slots(self, model: nn.Module, tokenizer, request, offset: int = 0) -> Slots:
+        """Slots trained on ``request`` (on the model as it is, e.g. with a stream's earlier slots attached)."""
         weight = next(self.module.parameters())
-        slots = self.init_slots(weight.device, weight.dtype)
+        slots = self.init_slots(weight.device, weight.dtype, offset)
         runner = self.runner(model)
         eb = request_batch(runner, tokenizer, request)
         with self.attached(slots):
@@ -77,6 +80,32 @@ class CaliNet(OptimizedMethod):
     def edited(self, model, tokenizer, request) -> Iterator[nn.Module]:
         with self.attached(self.train_slots(model, tokenizer, request)):
             yield model
+
+
+    def stream(self, model: nn.Module, tokenizer) -> EditStream:
+        """Sequential editing: every edit gets slots of its own, trained beside the earlier ones (:class:`SlotStream`)."""
+        return SlotStream(self, model, tokenizer)
+
+
+class SlotStream(EditStream):
+    """CaliNet's slots accumulated as an :class:`~instructedit_utils.methods.registry.EditStream`: the ``t``-th edit
+    trains ``slots`` new slots (keys seeded ``seed + t - 1``) with every earlier edit's slots attached and frozen;
+    the memory then holds all of them (the FFN's output plus the sum over slots). No weight is written: leaving
+    removes the hook."""
+
+    def start(self) -> None:
+        self.slots: list[Slots] = []
+        self._hook = self.stack.enter_context(contextlib.ExitStack())
+
+    def merged(self) -> Slots:
+        return Slots(torch.cat([s.keys for s in self.slots]), torch.cat([s.values for s in self.slots]))
+
+    def _add(self, request) -> None:
+        new = self.method.train_slots(self.model, self.tokenizer, request, offset=len(self.slots))
+        self._hook.close()
+        self.slots.append(new)
+        self._hook = self.stack.enter_context(contextlib.ExitStack())
+        self._hook.enter_context(self.method.attached(self.merged()))
 
 
 @register("calinet")

@@ -15,8 +15,8 @@ A value starts as the MLP's original output at the key (GRACE's "warm" start) an
 the target tokens after the prompt (teacher forced) for at most ``steps`` steps, stopping early once the loss is below
 ``stop_loss``. The codebook acts through a removable forward hook; no weight of the model is ever written.
 
-Both protocols work: :meth:`Grace.edited` (Table 3: one edit, score, remove) and :meth:`Grace.sequence` (a sequence
-of edits kept together in one codebook, each added in order).
+Both protocols work: :meth:`Grace.edited` (Table 3: one edit, score, remove) and :meth:`Grace.stream` /
+:meth:`Grace.sequence` (a sequence of edits kept together in one codebook, each added in order).
 
 Defaults and why (measured on 12 CounterFact/ZsRE validation edits of SmolLM2 at block 27): ``eps_init = 0.5`` is a
 tenth of a key's norm (4.4–5.2); rephrases of an edit prompt lie 0.8–2.1 from its key and unrelated prompts 1.4–6, so
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..config.options import GraceConfig, make_config
-from .registry import EditingMethod, register
+from .registry import EditingMethod, EditStream, register
 from .edit_loop import OptimizedMethod, hooked, optimize, request_batch, target_loss
 from ..models.forward import SplitForward
 from ..models.losses import nll
@@ -158,6 +158,10 @@ class Grace(OptimizedMethod):
         with self.attached(self.add_edit(model, tokenizer, request, Codebook())):
             yield model
 
+    def stream(self, model: nn.Module, tokenizer) -> EditStream:
+        """Sequential editing into one codebook (:class:`CodebookStream`)."""
+        return CodebookStream(self, model, tokenizer)
+
     @contextlib.contextmanager
     def sequence(self, model: nn.Module, tokenizer, requests: Sequence[EditRequest],
                  codebook: Codebook | None = None) -> Iterator[Codebook]:
@@ -173,3 +177,22 @@ class Grace(OptimizedMethod):
 @register("grace")
 def _build_grace(model, tokenizer, *, name: str = "grace", default_layers=(), **options) -> EditingMethod:
     return Grace(model, make_config(GraceConfig, options, name), name, default_layers)
+
+
+class CodebookStream(EditStream):
+    """GRACE's sequential protocol as an :class:`~instructedit_utils.methods.registry.EditStream`: one codebook on the
+    block's MLP; each edit is added with the codebook so far deciding its key's neighbourhood (expand, split or a new
+    entry). No weight is written: leaving removes the adaptor."""
+
+    def start(self) -> None:
+        self.codebook = Codebook()
+        self._hook = self.stack.enter_context(contextlib.ExitStack())
+        self._hook.enter_context(self.method.attached(self.codebook))
+
+    def _add(self, request: EditRequest) -> None:
+        self._hook.close()  # add_edit attaches the codebook itself while it trains the new value
+        try:
+            self.method.add_edit(self.model, self.tokenizer, request, self.codebook)
+        finally:
+            self._hook = self.stack.enter_context(contextlib.ExitStack())
+            self._hook.enter_context(self.method.attached(self.codebook))

@@ -31,10 +31,12 @@ import hashlib
 import json
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import nn
 
 from ..config.options import OPTIONS
 from ..data.instructions import EditRequest
+from ..models.deltas import applied
 from ..models.forward import FullForward, SplitForward, supports_split
 from ..models.loading import arch_spec
 
@@ -94,6 +96,15 @@ class EditingMethod:
         weights (added modules, codebooks). The harness uses them to generate for many edits in one batch."""
         return None
 
+    def stream(self, model: nn.Module, tokenizer) -> "EditStream":
+        """Sequential editing: an :class:`EditStream` that keeps every edit added to it on ``model``, each computed on
+        the model the earlier ones left. A method whose edits are weight deltas gets :class:`DeltaStream`; one that
+        edits otherwise overrides this (GRACE's codebook, CaliNet's slots) or cannot, and says so."""
+        if type(self).weight_deltas is EditingMethod.weight_deltas:
+            raise NotImplementedError(f"{self.name} cannot keep edits in sequence: it neither returns weight deltas "
+                                      "nor defines its own stream")
+        return DeltaStream(self, model, tokenizer)
+
     def runner(self, model: nn.Module):
         """The forward runner scoring uses: a split at :attr:`first_edited_block` where the architecture allows."""
         cached = getattr(self, "_runner", None)
@@ -107,6 +118,83 @@ class EditingMethod:
         return runner
 
 
+class StreamBroken(FloatingPointError):
+    """A stream of edits broke at ``step`` (1-based): an edit gave a non-finite weight change, loss or weight."""
+
+    def __init__(self, step: int, case_id: str, reason: str):
+        super().__init__(f"the stream broke at edit {step} ({case_id}): {reason}")
+        self.step, self.case_id, self.reason = step, case_id, reason
+
+
+class EditStream:
+    """Edits kept together on one model, in order (sequential editing)::
+
+        with method.stream(model, tokenizer) as stream:
+            for request in requests:
+                stream.add(request)      # computed on the model the earlier edits left
+                ...                      # the model now carries every edit so far
+        # the model is as before, bit for bit
+
+    ``steps`` counts the edits added. An edit that yields a non-finite loss, weight change or weight raises
+    :class:`StreamBroken` with its step; the stream must not be used further (leaving the block still restores).
+    Subclasses implement :meth:`start` (on entry) and :meth:`_add`; what they hook or change is undone by
+    :attr:`stack` on exit."""
+
+    def __init__(self, method: "EditingMethod", model: nn.Module, tokenizer):
+        self.method, self.model, self.tokenizer = method, model, tokenizer
+        self.steps = 0
+        self.stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> "EditStream":
+        self.stack = contextlib.ExitStack().__enter__()
+        try:
+            self.start()
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        stack, self.stack = self.stack, None
+        return bool(stack.__exit__(*exc))
+
+    def start(self) -> None:
+        pass
+
+    def add(self, request: EditRequest) -> None:
+        if self.stack is None:
+            raise RuntimeError("EditStream.add outside its with block")
+        self.steps += 1
+        try:
+            self._add(request)
+        except FloatingPointError as exc:
+            raise StreamBroken(self.steps, request.case_id, str(exc)) from exc
+
+    def _add(self, request: EditRequest) -> None:
+        raise NotImplementedError
+
+
+class DeltaStream(EditStream):
+    """Weight deltas stacked in place (each by :func:`~instructedit_utils.models.deltas.applied`, undone in reverse
+    order on exit): MEND, InstructEdit, KE and FT-L."""
+
+    def _add(self, request: EditRequest) -> None:
+        deltas = self.method.weight_deltas(self.model, self.tokenizer, request)
+        bad = [n for n, d in deltas.items() if not bool(torch.isfinite(d).all())]
+        if bad:
+            raise FloatingPointError(f"{self.method.name}: non-finite weight change of {bad}")
+        self.stack.enter_context(applied(self.model, deltas))
+        params = dict(self.model.named_parameters())
+        bad = [n for n in deltas if not bool(torch.isfinite(params[n]).all())]
+        if bad:
+            raise FloatingPointError(f"{self.method.name}: non-finite weights {bad} after the edit")
+
+
+class _NoEdits(EditStream):
+    def _add(self, request: EditRequest) -> None:
+        pass
+
+
 class Unedited(EditingMethod):
     """No edit at all: the unedited model's scores (Locality is 1 by definition)."""
 
@@ -118,6 +206,9 @@ class Unedited(EditingMethod):
     @contextlib.contextmanager
     def edited(self, model, tokenizer, request) -> Iterator[nn.Module]:
         yield model
+
+    def stream(self, model, tokenizer) -> EditStream:
+        return _NoEdits(self, model, tokenizer)
 
 
 @register("base")

@@ -160,6 +160,16 @@ def score_targets(model, tokenizer, prompts: Sequence[str], targets: Sequence[st
     return score_encoded(model, encoded, tokenizer.pad_token_id, batch_size)
 
 
+def perplexity(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16) -> float:
+    """Perplexity of ``continuations`` after their ``prompts``: ``exp`` of the mean negative log-probability over every
+    continuation token of every pair (token-weighted, teacher forced), the model's behaviour on text no edit aimed at."""
+    scores = score_targets(model, tokenizer, prompts, continuations, batch_size)
+    logprobs = [lp for sc in scores for lp in sc.logprobs]
+    if not logprobs:
+        raise ValueError("perplexity needs at least one continuation token")
+    return math.exp(-sum(logprobs) / len(logprobs))
+
+
 def token_accuracy(model, tokenizer, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 16) -> list[float]:
     """Per-pair teacher-forced token accuracy (Reliability / Generalization / Portability)."""
     return [s.acc for s in score_targets(model, tokenizer, prompts, targets, batch_size)]
@@ -243,6 +253,38 @@ def generation_success(continuation: str, target: str) -> float:
         return 0.0
     rest = text[len(goal):]
     return 1.0 if not rest or not rest[0].isalnum() else 0.0
+
+
+#: where a freely generated answer ends (after EOS, which generation stops at): a line break, or a sentence end — a
+#: ``.``, ``!`` or ``?`` followed by white space or the end of the text (``3.5`` and ``U.S.A`` do not end it)
+_NATURAL_STOP = re.compile(r"\n|[.!?](?=\s|$)")
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+def natural_answer(continuation: str) -> str:
+    """A greedy continuation cut at its natural stop (:data:`_NATURAL_STOP`): what the model answered, not cut to the
+    target's length. Leading white space and line breaks are skipped first (an answer may start on a new line)."""
+    text = continuation.lstrip()
+    match = _NATURAL_STOP.search(text)
+    return text[: match.start()] if match else text
+
+
+def normalized_answer(text: str) -> str:
+    """SQuAD's answer normalisation (lower case, punctuation and the articles *a*, *an*, *the* removed, runs of white
+    space collapsed), after one leading answer label (``Output:``, ``Answer:``, ``A:``) is dropped."""
+    text = _LABEL.sub("", " ".join(text.lower().split()), count=1)
+    return " ".join(_ARTICLES.sub(" ", _PUNCTUATION.sub(" ", text)).split())
+
+
+def natural_success(continuation: str, target: str) -> dict[str, float]:
+    """Success as the model says it: the continuation cut at its natural stop (:func:`natural_answer`) is the target
+    (``em``: normalised exact match, :func:`normalized_answer`) or holds it as whole words (``contains``)."""
+    goal = normalized_answer(target)
+    if not goal:
+        raise ValueError(f"natural_success needs a target with a word in it, got {target!r}")
+    answer = normalized_answer(natural_answer(continuation))
+    return {"em": float(answer == goal), "contains": float(f" {goal} " in f" {answer} ")}
 
 
 # --------------------------------------------------------------------------------------------------------------------

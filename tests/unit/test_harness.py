@@ -231,7 +231,7 @@ def test_edited_models_generate_in_one_batch_as_one_by_one(tiny, cf_records, con
     assert torch.allclose(torch.stack(alone), together, atol=1e-5)
     assert not torch.allclose(plain, together, atol=1e-3)  # the deltas matter, and the hooks are gone
     kw = dict(max_rephrases=1, max_probes=1, sentiment_responses=1, fluency_max_new_tokens=6, batch_size=4,
-              success_max_new_tokens=5)
+              success_max_new_tokens=5, natural_max_new_tokens=7)
     for method in (mend, baselines.build("ft-l", model, tok, default_layers=(2, 3), lr=0.05, steps=3,
                                          norm_constraint=None)):
         batched = evaluate_method(method, model, tok, reqs, batch_generation=True, **kw)
@@ -243,6 +243,9 @@ def test_edited_models_generate_in_one_batch_as_one_by_one(tiny, cf_records, con
             assert a.keys() == b.keys()
             assert a["fluency/empty"] == b["fluency/empty"] and a.get("fluency/entropy") == b.get("fluency/entropy")
             assert a.get("edit/greedy") == b.get("edit/greedy") and a.get("gen/greedy") == b.get("gen/greedy")
+            natural = ("edit/natural_em", "edit/natural_contains", "gen/natural_em", "gen/natural_contains")
+            assert {k: a.get(k) for k in natural} == {k: b.get(k) for k in natural}
+            assert ("edit/natural_em" in a) == (a["task"] != "convsent")
             assert ("edit/greedy" in a) == (a["task"] != "convsent")  # ConvSent's targets are sentiments
 
 

@@ -106,6 +106,35 @@ def test_generation_success_on_hand_made_continuations(continuation, target, suc
     assert generation_success(continuation, target) == success
 
 
+@pytest.mark.parametrize("continuation, target, em, contains", [
+    (" Paris.\nThe city of light", "Paris", 1.0, 1.0),  # stops at the sentence end
+    ("\n\nParis\nQuestion: next", "Paris", 1.0, 1.0),  # leading line breaks skipped, stops at the next one
+    (" Paris, France is where", "Paris", 0.0, 1.0),  # said more than the target: contained, not exact
+    (" The answer is Paris. It is", "Paris", 0.0, 1.0),
+    (" Output: the Eiffel Tower!", "Eiffel Tower", 1.0, 1.0),  # label, article and punctuation normalised away
+    (" 3.5 million people live there", "3.5 million", 0.0, 1.0),  # a decimal point does not end the answer
+    (" U.S.A is", "U.S.A", 0.0, 1.0),
+    (" Parisian food", "Paris", 0.0, 0.0),  # whole words only
+    (" Germany\nParis", "Paris", 0.0, 0.0),  # what comes after the stop does not count
+    ("", "Paris", 0.0, 0.0),  # said nothing
+    (" New  York", "new york.", 1.0, 1.0),
+])
+def test_natural_stop_success_on_hand_made_continuations(continuation, target, em, contains):
+    from instructedit_utils.models.metrics import natural_success
+
+    assert natural_success(continuation, target) == {"em": em, "contains": contains}
+
+
+def test_natural_answer_cuts_at_the_first_stop_and_refuses_an_empty_target():
+    from instructedit_utils.models.metrics import natural_answer, natural_success
+
+    assert natural_answer(" Rome. Then Paris.") == "Rome"
+    assert natural_answer(" Rome?\n") == "Rome"
+    assert natural_answer("no stop at all") == "no stop at all"
+    with pytest.raises(ValueError, match="a word in it"):
+        natural_success("x", " the . ")
+
+
 def test_generation_success_refuses_an_empty_target():
     from instructedit_utils.models.metrics import generation_success
 

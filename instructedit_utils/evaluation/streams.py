@@ -1,0 +1,130 @@
+"""Sequential editing through the harness: a stream of edits kept on one model (the method's
+:class:`~instructedit_utils.methods.registry.EditStream`), scored as it grows.
+
+For a stream of requests ``r_1 … r_T`` (:func:`evaluate_stream`):
+
+* **right after each edit** ``t``: request ``r_t`` scored on the model holding edits ``1 … t`` (``when = "edit"``),
+  teacher forced only (every edit, so it stays cheap);
+* **at each checkpoint** ``t`` (a logarithmic set, :func:`checkpoints`): every request so far, ``r_1 … r_t``,
+  scored in shared batches with every scoring option — Reliability as retention of the earlier edits,
+  Generalization, Locality against the unedited model, greedy and natural-stop success (``when = "retention"``) —
+  and the perplexity of held-out text (``when = "probe"``, also at ``t = 0``: the unedited model);
+* an edit that breaks the stream (a non-finite loss, weight change or weight:
+  :class:`~instructedit_utils.methods.registry.StreamBroken`) ends it with a ``when = "broken"`` row naming the step
+  and the reason; nothing after it is scored and nothing is skipped silently.
+
+Every row is one flat dict (``stream``, ``method``, ``editor``, ``when``, ``after`` = edits on the model, ``position``
+= the request's place in the stream, then the metrics of :func:`~.scoring.score_requests` and the unedited values as
+``base/<metric>``). With a run folder the rows of a finished stream are written at once to ``<name>.jsonl`` with its
+settings (other settings are refused) and a rerun reads them instead of editing again; a stream killed half way is
+recomputed from its start (its edits depend on every earlier one). The model is as before when the stream ends.
+"""
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+from typing import Any, Sequence
+
+from ..data.instructions import EditRequest
+from ..methods.registry import EditingMethod, StreamBroken
+from ..models.batches import score_split
+from ..models.metrics import perplexity
+from ..util.runs import RunFolder
+from .harness import case_settings
+from .scoring import score_requests
+
+#: the checkpoints a stream is measured at (those up to its length, and its length)
+CHECKPOINTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+#: the scoring options a row right after an edit leaves out (it is scored teacher forced only)
+_GENERATION = ("fluency_max_new_tokens", "success_max_new_tokens", "natural_max_new_tokens")
+_ENDED = ("done", "broken")
+
+
+def checkpoints(length: int, points: Sequence[int] = CHECKPOINTS) -> tuple[int, ...]:
+    """The steps a stream of ``length`` edits is measured at: ``points`` up to ``length``, and ``length``."""
+    if length < 1:
+        raise ValueError(f"a stream needs at least one edit, got length {length}")
+    return tuple(sorted({p for p in points if 1 <= p <= length} | {length}))
+
+
+def evaluate_stream(method: EditingMethod, model, tokenizer, requests: Sequence[EditRequest], *,
+                    points: Sequence[int] = CHECKPOINTS, probes: tuple[Sequence[str], Sequence[str]] | None = None,
+                    run: RunFolder | None = None, name: str | None = None, settings: dict[str, Any] | None = None,
+                    split: bool = True, **score_kwargs) -> list[dict[str, Any]]:
+    """Edit ``requests`` one after the other with ``method`` and score the stream (see the module docstring).
+
+    ``probes`` = (prompts, continuations) of held-out text whose perplexity is measured at every checkpoint.
+    ``split`` scores with the method's split runner (the blocks below its edits run once per prompt). Returns the
+    rows (also those of a finished stream read back from ``run``)."""
+    if not requests:
+        raise ValueError("evaluate_stream needs at least one request")
+    if len({r.case_id for r in requests}) != len(requests):
+        raise ValueError("a stream edits each record once: its requests repeat a case_id")
+    name = name or f"stream_{method.name}"
+    stamp = None
+    if run is not None:
+        stamp = run.check_settings(name, {**case_settings(requests, score_kwargs, settings),
+                                          "stream/points": list(checkpoints(len(requests), points)),
+                                          "stream/probes": len(probes[0]) if probes else 0})
+        rows = run.read_cases(name)
+        if rows and rows[-1].get("when") in _ENDED:
+            return rows
+    rows = _run_stream(method, model, tokenizer, requests, checkpoints(len(requests), points), probes, split,
+                       score_kwargs)
+    head = {"stream": name, "method": method.name, "editor": method.fingerprint}
+    rows = [{**head, **row} for row in rows]
+    if run is not None:
+        if run.read_cases(name):
+            run.cases_path(name).unlink()  # a torn stream: its rows are recomputed as a whole
+        run.append_cases(name, [{**row, "settings": stamp} for row in rows])
+    return rows
+
+
+def _run_stream(method: EditingMethod, model, tokenizer, requests: Sequence[EditRequest], marks: tuple[int, ...],
+                probes, split: bool, score_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of one stream (without its head): the unedited scores first, then edit by edit. With a split
+    scorer the lower states are computed once per prompt for the whole stream (no edit touches those blocks)."""
+    scorer, runner = _scorer(method, model, tokenizer, requests, split, score_kwargs)
+    with runner.reusing_states() if runner is not None else contextlib.nullcontext():
+        return _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs)
+
+
+def _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs) -> list[dict[str, Any]]:
+    base_cases, reference = score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
+    base = {c["case_id"]: {f"base/{k}": v for k, v in c.items() if "/" in k} for c in base_cases}
+    rows = _probe_rows(model, tokenizer, probes, 0, score_kwargs)
+    quick = {**score_kwargs, **dict.fromkeys(_GENERATION, 0)}
+    with method.stream(model, tokenizer) as stream:
+        for t, request in enumerate(requests, 1):
+            try:
+                stream.add(request)
+            except StreamBroken as exc:
+                return rows + [{"when": "broken", "after": t, "position": t, "case_id": request.case_id,
+                                "error": exc.reason}]
+            case = score_requests(model, tokenizer, [request], reference=reference, scorer=scorer, **quick)[0][0]
+            rows.append({"when": "edit", "after": t, "position": t, **case, **base[request.case_id]})
+            if t in marks:
+                cases = score_requests(model, tokenizer, requests[:t], reference=reference, scorer=scorer,
+                                       **score_kwargs)[0]
+                rows += [{"when": "retention", "after": t, "position": i, **c, **base[c["case_id"]]}
+                         for i, c in enumerate(cases, 1)]
+                rows += _probe_rows(model, tokenizer, probes, t, score_kwargs)
+    return rows + [{"when": "done", "after": len(requests)}]
+
+
+def _scorer(method: EditingMethod, model, tokenizer, requests, split: bool, score_kwargs: dict[str, Any]):
+    """The method's split scorer where it has one (the lower blocks are the same for every edit of the stream)."""
+    if not split:
+        return None, None
+    runner = method.runner(model)
+    headers = tuple({tuple(tokenizer(r.header)["input_ids"]) for r in requests if r.header})
+    return partial(score_split, runner, pad_id=tokenizer.pad_token_id, batch_size=score_kwargs.get("batch_size", 16),
+                   headers=headers), runner
+
+
+def _probe_rows(model, tokenizer, probes, after: int, score_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    if not probes:
+        return []
+    prompts, continuations = probes
+    value = perplexity(model, tokenizer, prompts, continuations, score_kwargs.get("batch_size", 16))
+    return [{"when": "probe", "after": after, "probe/ppl": value}]
