@@ -1,5 +1,6 @@
-"""Sequential editing through the harness: a stream of edits kept on one model (the method's
-:class:`~instructedit_utils.methods.registry.EditStream`), scored as it grows.
+"""Many edits on one model through the harness: in sequence (a stream of edits kept on the model, the method's
+:class:`~instructedit_utils.methods.registry.EditStream`, scored as it grows) and at once (batch editing,
+:func:`evaluate_batches`).
 
 For a stream of requests ``r_1 … r_T`` (:func:`evaluate_stream`):
 
@@ -18,6 +19,11 @@ Every row is one flat dict (``stream``, ``method``, ``editor``, ``when``, ``afte
 ``base/<metric>``). With a run folder the rows of a finished stream are written at once to ``<name>.jsonl`` with its
 settings (other settings are refused) and a rerun reads them instead of editing again; a stream killed half way is
 recomputed from its start (its edits depend on every earlier one). The model is as before when the stream ends.
+
+**Batch editing** (:func:`evaluate_batches`): the requests in consecutive groups of ``k``, each group one edit call
+(:meth:`~instructedit_utils.methods.registry.EditingMethod.batch_deltas`), every request of the group scored on the
+model holding that one edit; rows carry ``batch/size`` and ``batch/index`` and go to ``<name>_k<k>.jsonl``
+(resumable by group).
 """
 from __future__ import annotations
 
@@ -25,12 +31,15 @@ import contextlib
 from functools import partial
 from typing import Any, Sequence
 
+import torch
+
 from ..data.instructions import EditRequest
 from ..methods.registry import EditingMethod, StreamBroken
 from ..models.batches import score_split
+from ..models.deltas import applied
 from ..models.metrics import perplexity
 from ..util.runs import RunFolder
-from .harness import case_settings
+from .harness import case_settings, resumable_cases
 from .scoring import score_requests
 
 #: the checkpoints a stream is measured at (those up to its length, and its length)
@@ -128,3 +137,37 @@ def _probe_rows(model, tokenizer, probes, after: int, score_kwargs: dict[str, An
     prompts, continuations = probes
     value = perplexity(model, tokenizer, prompts, continuations, score_kwargs.get("batch_size", 16))
     return [{"when": "probe", "after": after, "probe/ppl": value}]
+
+
+def evaluate_batches(method: EditingMethod, model, tokenizer, requests: Sequence[EditRequest], sizes: Sequence[int], *,
+                     run: RunFolder | None = None, name: str | None = None, settings: dict[str, Any] | None = None,
+                     split: bool = True, **score_kwargs) -> list[dict[str, Any]]:
+    """Batch editing (see the module docstring) for every group size ``k`` of ``sizes``; every ``k`` must divide
+    the number of requests, so that each size edits the same requests. Returns the rows of all sizes."""
+    bad = [k for k in sizes if k < 1 or len(requests) % k]
+    if not requests or bad:
+        raise ValueError(f"batch sizes {bad} do not divide the {len(requests)} requests into whole groups")
+    name = name or f"batches_{method.name}"
+    scorer, runner = _scorer(method, model, tokenizer, requests, split, score_kwargs)
+    rows = []
+    with runner.reusing_states() if runner is not None else contextlib.nullcontext():
+        base_cases, reference = score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
+        base = {c["case_id"]: {f"base/{k}": v for k, v in c.items() if "/" in k} for c in base_cases}
+        for k in sizes:
+            def score_group(group: list[EditRequest], k=k) -> list[dict[str, Any]]:
+                deltas = method.batch_deltas(model, tokenizer, group)
+                bad = [n for n, d in deltas.items() if not bool(torch.isfinite(d).all())]
+                if bad:
+                    raise FloatingPointError(f"{method.name}: non-finite weight change of {bad} in the batch edit of "
+                                             f"{k} requests starting at {group[0].case_id!r}")
+                with applied(model, deltas):
+                    cases = score_requests(model, tokenizer, group, reference=reference, scorer=scorer,
+                                           **score_kwargs)[0]
+                index = positions[group[0].case_id] // k
+                return [{"method": method.name, "editor": method.fingerprint, "batch/size": k, "batch/index": index,
+                         **c, **base[c["case_id"]]} for c in cases]
+
+            positions = {r.case_id: i for i, r in enumerate(requests)}
+            rows += resumable_cases(requests, score_group, run, f"{name}_k{k}", chunk=k,
+                                    settings={**case_settings(requests, score_kwargs, settings), "batch/size": k})
+    return rows

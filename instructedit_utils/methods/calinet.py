@@ -6,7 +6,8 @@ CaliNet adds ``n`` key/value memory slots in parallel to a feed-forward network:
 frozen. Here, under Table 3's protocol (one edit, score, restore), the slots are trained on **one** edit: Adam on the
 target's NLL after the prompt (teacher forced). ``V`` starts at zero, so untrained slots add exactly nothing; ``K``
 starts as a seeded random matrix (scale ``1/√d``). The slots act through a removable forward hook on the block's MLP
-module; leaving :meth:`CaliNet.edited` removes it, and no weight of the model is ever written.
+module; leaving :meth:`CaliNet.edited` removes it, and no weight of the model is ever written. In a stream of edits
+(:meth:`CaliNet.stream`) every edit trains slots of its own beside the earlier ones, which stay.
 
 Deviations from the paper, and why: the paper trains the slots on a batch of facts (calibration) and adds them to
 the last FFN layers; Table 3 edits one fact at a time, so each edit gets fresh slots (``slots = 16``, enough for one

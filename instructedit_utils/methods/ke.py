@@ -110,6 +110,12 @@ class KnowledgeEditor(MendEditor):
             out[t.name] = Factors(u, delta, rows)
         return out
 
+    def batch_context(self, model: nn.Module, eb) -> Any:
+        if len(eb.batch.input_ids) != 1:
+            raise NotImplementedError("KE conditions its update on one edit (its prompt and target): it has no batch "
+                                      "edit; edit the facts one at a time or in sequence")
+        return super().batch_context(model, eb)
+
     def objective(self, l_edit: torch.Tensor, l_loc: torch.Tensor) -> torch.Tensor:
         """``c_edit·L_edit + λ·(KL − margin)``; in training, ``λ`` then takes one dual-ascent step (kept ≥ 0)."""
         lam = float(self.lagrange)

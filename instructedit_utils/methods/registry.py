@@ -6,6 +6,11 @@ Every method turns one :class:`~instructedit_utils.data.instructions.EditRequest
     with method.edited(model, tokenizer, request) as edited:   # base weights restored bit-exactly on exit
         ...
 
+Many edits on one model: ``method.stream(model, tokenizer)`` keeps edits in sequence (:class:`EditStream`: weight
+deltas stacked for every method that returns them, GRACE's codebook and CaliNet's slots by their own streams) and
+``method.batch_deltas(model, tokenizer, requests)`` makes one edit of several facts (the trained hypernetwork
+editors; the others say they cannot).
+
 A method says whether its requests carry the instruction (``use_instructions``), the lowest transformer block whose
 weights an edit may change (``first_edited_block``; the harness then replays only the blocks from there on, see
 :func:`~instructedit_utils.models.forward.score_split`; ``None`` = unknown, full forward passes) and a ``fingerprint``
@@ -95,6 +100,11 @@ class EditingMethod:
         :func:`~instructedit_utils.models.deltas.applied`), or None for a method whose edit is not only a change of
         weights (added modules, codebooks). The harness uses them to generate for many edits in one batch."""
         return None
+
+    def batch_deltas(self, model: nn.Module, tokenizer, requests) -> dict[str, Any]:
+        """Batch editing: one weight change for all ``requests`` at once (the hypernetwork editors, MEND's protocol).
+        A method without one raises :class:`NotImplementedError` saying so."""
+        raise NotImplementedError(f"{self.name} has no batch edit (only the trained hypernetwork editors do)")
 
     def stream(self, model: nn.Module, tokenizer) -> "EditStream":
         """Sequential editing: an :class:`EditStream` that keeps every edit added to it on ``model``, each computed on

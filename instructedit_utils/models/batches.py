@@ -38,6 +38,26 @@ def edit_batch(runner, tokenizer, prompt: str, target: str, header: str | None =
                      enc.target_positions[0] - 1, enc.input_ids)
 
 
+def edits_batch(runner, tokenizer, prompts: Sequence[str], targets: Sequence[str],
+                headers: Sequence[str | None] | None = None) -> EditBatch:
+    """Several edits (``prompts[i] + targets[i]``) as one batch of ``runner``, one row each (right padded; rows never
+    attend to each other): ``rows``/``positions`` locate every target token's predictor over all rows, in order.
+    ``key_position`` and ``input_ids`` are the first edit's."""
+    if not prompts or len(prompts) != len(targets):
+        raise ValueError(f"edits_batch needs as many targets as prompts (at least one), got {len(prompts)} and "
+                         f"{len(targets)}")
+    headers = list(headers) if headers is not None else [None] * len(prompts)
+    encs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    header_ids = [tuple(tokenizer(h)["input_ids"]) if h else () for h in headers]
+    seqs = [e.inputs for e in encs]
+    batch = runner.batch(seqs, runner.lower_rows(seqs, header_ids), tokenizer.pad_token_id)
+    dev = batch.attention_mask.device
+    rows = torch.tensor([i for i, e in enumerate(encs) for _ in e.target_positions], device=dev)
+    pos = torch.tensor([p for e in encs for p in e.target_positions], device=dev) - 1
+    ids = torch.tensor([t for e in encs for t in e.targets], device=dev)
+    return EditBatch(batch, rows, pos, ids, encs[0].target_positions[0] - 1, encs[0].input_ids)
+
+
 def _header_for(seq: Sequence[int], headers: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
     """The header ``seq`` starts with (all but possibly its last token, which may merge with the text), if any."""
     best, best_len = (), 1

@@ -202,3 +202,104 @@ def test_perplexity_matches_a_reference_computed_from_the_logits(tiny_gpt2):
     assert perplexity(model, tok, prompts, texts) == pytest.approx(math.exp(total / count), rel=1e-4)
     with pytest.raises(ValueError, match="prompts but"):
         perplexity(model, tok, prompts, texts[:1])
+
+
+# ---- batch editing ---------------------------------------------------------------------------------------------------
+
+
+def _plain_editor(model, **over):
+    from instructedit_utils.config.method import MethodConfig
+    from instructedit_utils.methods.mend import MendEditor
+
+    cfg = MethodConfig(**{"rank": 8, "normalize": False, "skip_first_token": False, "norm_warmup": 0,
+                          "edit_lr": 1e-3, "use_instructions": False, **over})
+    return MendEditor.for_model(model, cfg, (2, 3))
+
+
+def test_a_batch_edit_of_one_fact_is_the_single_edit(tiny_llama):
+    model, tok = tiny_llama
+    editor = tiny_editor(model, False)
+    reqs = build_requests(_records(), instructions=False)
+    one = editor.edit_many(model, tok, [reqs[0].prompt], [reqs[0].target]).deltas
+    alone = editor.edit(model, tok, reqs[0].prompt, reqs[0].target).deltas
+    assert one.keys() == alone.keys()
+    assert all(torch.allclose(one[k], alone[k], rtol=1e-5, atol=1e-8) for k in one)
+    four = editor.edit_many(model, tok, [r.prompt for r in reqs], [r.target for r in reqs]).deltas
+    assert not all(torch.allclose(four[k], one[k]) for k in one)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_an_untrained_batch_edit_is_a_gradient_step_on_the_mean_loss_of_all_facts(fixture, request):
+    """Identity networks, no normalisation: -ΔW/α is the gradient of the mean NLL over every target token of every
+    fact, computed here with full forward passes of each fact alone."""
+    model, tok = request.getfixturevalue(fixture)
+    editor = _plain_editor(model)
+    reqs = build_requests(_records()[:3], instructions=False)
+    result = editor.edit_many(model, tok, [r.prompt for r in reqs], [r.target for r in reqs])
+    params = dict(model.named_parameters())
+    model.zero_grad(set_to_none=True)  # the fixture is shared: gradients another test left are not this one's
+    try:
+        for t in editor.targets:
+            params[t.name].requires_grad_(True)
+        total, count = 0.0, 0
+        for r in reqs:
+            enc = encode_pair(tok, r.prompt, r.target)
+            logp = model(input_ids=torch.tensor([enc.input_ids])).logits[0].log_softmax(-1)
+            for p, t in zip(enc.target_positions, enc.targets):
+                total = total - logp[p - 1, t]
+                count += 1
+        (total / count).backward()
+        assert result.loss == pytest.approx(float(total.detach() / count), rel=1e-5)
+        for t in editor.targets:
+            torch.testing.assert_close(-result.deltas[t.name] / 1e-3, params[t.name].grad, rtol=1e-4, atol=1e-7)
+    finally:
+        for p in params.values():
+            p.requires_grad_(False)
+            p.grad = None
+
+
+def test_ke_and_the_optimisers_say_they_have_no_batch_edit(tiny_llama):
+    from instructedit_utils.methods.ke import KnowledgeEditor
+    from test_methods import _ke_config
+
+    model, tok = tiny_llama
+    reqs = build_requests(_records()[:2], instructions=False)
+    torch.manual_seed(0)
+    ke = registry.build("ke", model, tok, editor=KnowledgeEditor.for_model(model, _ke_config(), (2, 3)))
+    with pytest.raises(NotImplementedError, match="KE conditions its update on one edit"):
+        ke.batch_deltas(model, tok, reqs)
+    assert ke.batch_deltas(model, tok, reqs[:1]).keys() == ke.weight_deltas(model, tok, reqs[0]).keys()
+    with pytest.raises(NotImplementedError, match="ft-l has no batch edit"):
+        registry.build("ft-l", model, tok, **FTL).batch_deltas(model, tok, reqs)
+
+
+def test_batches_of_one_are_the_single_edit_harness_and_resume_by_group(tiny_llama, tmp_path):
+    from instructedit_utils.evaluation.streams import evaluate_batches
+
+    model, tok = tiny_llama
+    reqs = build_requests(_records(), instructions=False)
+    method = registry.build("mend", model, tok, editor=tiny_editor(model, False))
+    kw = dict(max_rephrases=1, max_probes=1, natural_max_new_tokens=5, batch_size=4)
+    single = evaluate_method(method, model, tok, reqs, batch_generation=False, **kw)
+    before = _state(model)
+    run = RunFolder(tmp_path)
+    rows = evaluate_batches(method, model, tok, reqs, (1, 2, 4), run=run, **kw)
+    assert _same(model, before)
+    assert [(r["batch/size"], r["batch/index"]) for r in rows] == \
+        [(1, i) for i in range(4)] + [(2, 0), (2, 0), (2, 1), (2, 1), (4, 0), (4, 0), (4, 0), (4, 0)]
+    metrics = [k for k in single[0] if "/" in k]
+    for a, b in zip(rows[:4], single):
+        assert {k: a[k] for k in metrics} == pytest.approx({k: b[k] for k in metrics}, abs=1e-6)
+    assert any(a["edit/acc"] != b["edit/acc"] for a, b in zip(rows[8:], rows[:4])) or \
+        any(a["loc/acc"] != b["loc/acc"] for a, b in zip(rows[8:], rows[:4]))  # one edit for four facts differs
+    path = run.cases_path("batches_tiny_k2")  # killed after its first group
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))
+    calls = []
+    real = method.batch_deltas
+    method.batch_deltas = lambda m, t, group: calls.append(len(group)) or real(m, t, group)
+    again = evaluate_batches(method, model, tok, reqs, (1, 2, 4), run=run, **kw)
+    assert calls == [2]  # only the missing group
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "settings"} for r in rs]
+    assert strip(again) == strip(rows)
+    with pytest.raises(ValueError, match=r"batch sizes \[3\] do not divide the 4 requests"):
+        evaluate_batches(method, model, tok, reqs, (1, 3), **kw)
