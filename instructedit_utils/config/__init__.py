@@ -5,8 +5,9 @@ command-line options (:mod:`.parameters`)."""
 from .experiment import PROFILES, ExperimentConfig, ModelConfig, config_table
 from .method import MethodConfig
 from .options import OPTIONS, CaliNetConfig, FTLConfig, GraceConfig
-from .studies import PAPER_BALANCED_SIZES, PAPER_TRAIN_SIZES, GradientConfig, MixtureConfig, SearchConfig
+from .studies import (PAPER_BALANCED_SIZES, PAPER_TRAIN_SIZES, GradientConfig, MixtureConfig, SearchConfig,
+                      SequenceConfig)
 
 __all__ = ["PROFILES", "ExperimentConfig", "ModelConfig", "config_table", "MethodConfig", "OPTIONS", "CaliNetConfig",
            "FTLConfig", "GraceConfig", "PAPER_BALANCED_SIZES", "PAPER_TRAIN_SIZES", "GradientConfig", "MixtureConfig",
-           "SearchConfig"]
+           "SearchConfig", "SequenceConfig"]

@@ -19,7 +19,7 @@ from ..util.paths import display_path, project_path
 from ..models.loading import MODEL_PRESETS, check_lower_dtype, load_model
 from .method import MethodConfig
 from .options import OPTIONS, make_config
-from .studies import GradientConfig, MixtureConfig, SearchConfig
+from .studies import GradientConfig, MixtureConfig, SearchConfig, SequenceConfig
 import pandas as pd
 
 PROFILES = ("ci", "cpu", "gpu")
@@ -76,6 +76,8 @@ class ExperimentConfig:
     max_aliases: int = 1  # an answer counts as predicted if any of its first N aliases is
     fluency_max_new_tokens: int = 40  # 0 disables generation (and Fluency)
     success_max_new_tokens: int = 0  # > 0: generation-based Reliability/Generalization (greedy, at most this long)
+    natural_max_new_tokens: int = 0  # > 0: success as the model says it (greedy to a natural stop, this many tokens)
+    natural_rephrases: int | None = None  # rephrases answered freely (None: max_rephrases; 0: the edit prompt only)
     sentiment_responses: int = 4  # responses per sentiment scored for ConvSent success
     length_sample_per_task: int | None = 300  # records per task for token-length statistics
     live_edits: int = 3  # example edits shown before/after in the training chapter
@@ -84,6 +86,7 @@ class ExperimentConfig:
     gradients: "GradientConfig | None" = None  # editing-gradient collection and analysis (chapter 6)
     mixtures: "MixtureConfig | None" = None  # chapter 7's training mixtures, trained in chapter 2's pool
     search: "SearchConfig | None" = None  # chapter 5's instruction search
+    sequence: "SequenceConfig | None" = None  # sequential and batch editing (the chapter on edits that must last)
     # --- evaluation settings (notebooks 03/04, instructedit-eval) ---
     editors_dir: str | None = None  # trained editors (default: the sibling run folder 02_editor_training)
     methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base", ft-l/calinet/grace or editor folders
@@ -109,6 +112,8 @@ class ExperimentConfig:
             self.mixtures = MixtureConfig(**self.mixtures)
         if isinstance(self.search, dict):
             self.search = SearchConfig(**self.search)
+        if isinstance(self.sequence, dict):
+            self.sequence = SequenceConfig(**self.sequence)
         if self.profile not in PROFILES:
             raise ValueError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         self.tasks = tuple(self.tasks)
@@ -125,8 +130,10 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be >= 1 or None (one per core)")
-        if self.fluency_max_new_tokens < 0 or self.success_max_new_tokens < 0:
-            raise ValueError("fluency_max_new_tokens and success_max_new_tokens must be >= 0")
+        if min(self.fluency_max_new_tokens, self.success_max_new_tokens, self.natural_max_new_tokens) < 0:
+            raise ValueError("fluency_max_new_tokens, success_max_new_tokens and natural_max_new_tokens must be >= 0")
+        if self.natural_rephrases is not None and self.natural_rephrases < 0:
+            raise ValueError("natural_rephrases must be >= 0 or None (max_rephrases)")
         self.methods = tuple(self.methods)
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods must be distinct names, got {self.methods}")
@@ -198,7 +205,8 @@ class ExperimentConfig:
         ``edit_layers``/``lower_dtype`` go to :class:`ModelConfig`; names of :class:`MethodConfig` fields (and ``train_tasks`` for
         its ``tasks``) go to a :class:`MethodConfig` seeded with ``seed``; names of :class:`GradientConfig` fields
         to a :class:`GradientConfig`, of :class:`MixtureConfig` fields to a :class:`MixtureConfig`, of
-        :class:`SearchConfig` fields to a :class:`SearchConfig`; the rest to this class. Without ``tasks``,
+        :class:`SearchConfig` fields to a :class:`SearchConfig`, of :class:`SequenceConfig` fields to a
+        :class:`SequenceConfig`; the rest to this class. Without ``tasks``,
         the tasks evaluated are the training tasks. Unknown names are an error."""
         own = {f.name for f in dataclasses.fields(cls)}
         method_names = {f.name for f in dataclasses.fields(MethodConfig)} - own - {"name"}
@@ -209,6 +217,8 @@ class ExperimentConfig:
         mixture_fields = {k: fields.pop(k) for k in list(fields) if k in mixture_names}
         search_names = {f.name for f in dataclasses.fields(SearchConfig)} - own
         search_fields = {k: fields.pop(k) for k in list(fields) if k in search_names}
+        sequence_names = {f.name for f in dataclasses.fields(SequenceConfig)} - own
+        sequence_fields = {k: fields.pop(k) for k in list(fields) if k in sequence_names}
         if "train_tasks" in fields:
             method_fields["tasks"] = fields.pop("train_tasks")
             fields.setdefault("tasks", method_fields["tasks"])
@@ -225,6 +235,8 @@ class ExperimentConfig:
             fields["mixtures"] = MixtureConfig(**mixture_fields)
         if search_fields:
             fields["search"] = SearchConfig(**search_fields)
+        if sequence_fields:
+            fields["sequence"] = SequenceConfig(**sequence_fields)
         return cls(model=model, **fields)
 
     def editor_configs(self) -> dict[str, "MethodConfig"]:
@@ -274,7 +286,8 @@ class ExperimentConfig:
         return dict(batch_size=self.batch_size, max_rephrases=self.max_rephrases, max_probes=self.max_probes,
                     max_aliases=self.max_aliases, sentiment_responses=self.sentiment_responses,
                     fluency_max_new_tokens=self.fluency_max_new_tokens,
-                    success_max_new_tokens=self.success_max_new_tokens)
+                    success_max_new_tokens=self.success_max_new_tokens,
+                    natural_max_new_tokens=self.natural_max_new_tokens, natural_rephrases=self.natural_rephrases)
 
 
 PATH_FIELDS = ("run_dir", "data_dir", "editors_dir", "descriptions_file", "instructions_file")
@@ -285,7 +298,7 @@ def config_table(config: "ExperimentConfig | MethodConfig | SearchConfig") -> "p
     :func:`~instructedit_utils.util.paths.display_path` shows them; the editor config of an experiment left out)."""
     rows = []
     for key, value in config.to_dict().items():
-        if key in ("method", "gradients", "mixtures", "search"):
+        if key in ("method", "gradients", "mixtures", "search", "sequence"):
             continue
         if isinstance(value, dict) and key == "model":
             rows += [(f"model/{k}", v) for k, v in value.items()]

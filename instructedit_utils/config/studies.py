@@ -1,6 +1,7 @@
 """The configurations of the book's studies beyond the main comparison: chapter 6's editing-gradient analysis
-(:class:`GradientConfig`), chapter 7's training mixtures (:class:`MixtureConfig`, with the paper's training-set sizes)
-and chapter 5's instruction search (:class:`SearchConfig`)."""
+(:class:`GradientConfig`), chapter 7's training mixtures (:class:`MixtureConfig`, with the paper's training-set sizes),
+chapter 5's instruction search (:class:`SearchConfig`) and the chapter on edits that must last
+(:class:`SequenceConfig`: sequential and batch editing)."""
 from __future__ import annotations
 
 import dataclasses
@@ -202,3 +203,88 @@ class SearchConfig:
         raw = {str(k): float(v) for k, v in (self.score_weights or {"edit/acc": 1, "gen/acc": 1, "loc/acc": 1}).items()}
         total = sum(raw.values())
         return {k: v / total for k, v in raw.items()} if total > 0 else raw
+
+
+STREAM_SETTINGS = ("training", "holdout")
+
+
+@dataclass
+class SequenceConfig:
+    """Sequential and batch editing (:mod:`instructedit_utils.experiments.sequential`).
+
+    The records of a setting (``training``: the test records of the training tasks, interleaved in a seeded order;
+    ``holdout``: the hold-out task's) number the largest of :attr:`stream_lengths`. For each length ``T`` they are
+    cut into consecutive **streams** of ``T`` edits, each applied one after another to one model, so every length
+    measures the same records (``T = 1``: each edit alone); the shorter lengths cover only the first
+    :attr:`paired_records` of them (None: all), a multiple of each. Every stream is measured after its last edit; the
+    longest also right after each edit and, over all its edits so far, at the checkpoints :attr:`stream_points`, where
+    held-out text of the training tasks (:attr:`probe_records` validation records per task, prompt and true answer)
+    gives the perplexity. One sample per seed of :attr:`stream_seeds`. **Batch editing**: the first
+    ``max(batch_sizes)`` records of the training setting, edited in groups of each size of :attr:`batch_sizes` by each
+    editor of :attr:`batch_methods`. Every length (size) must divide the largest one. :attr:`holdout_methods` limits
+    the hold-out streams to some methods (the hold-out question is InstructEdit's against MEND's)."""
+
+    stream_lengths: tuple[int, ...] = (1, 10, 100)
+    stream_points: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
+    stream_seeds: tuple[int, ...] = (0,)
+    stream_settings: tuple[str, ...] = STREAM_SETTINGS
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
+    batch_methods: tuple[str, ...] = ("mend", "instructedit")
+    probe_records: int = 10
+    paired_records: int | None = None
+    holdout_methods: tuple[str, ...] | None = None  # methods with hold-out streams (None: every method)
+
+    def __post_init__(self):
+        self.stream_lengths = _dividing(self.stream_lengths, "stream_lengths")
+        if not self.stream_lengths:
+            raise ValueError("SequenceConfig.stream_lengths needs at least one length")
+        if self.paired_records is not None:
+            bad = [t for t in self.stream_lengths[:-1] if self.paired_records % t]
+            if not 1 <= self.paired_records <= self.records or bad:
+                raise ValueError(f"SequenceConfig.paired_records must be in 1..{self.records} and a multiple of every "
+                                 f"shorter stream length, got {self.paired_records} (lengths {bad})")
+        self.batch_sizes = _dividing(self.batch_sizes, "batch_sizes")
+        if self.batch_sizes and max(self.batch_sizes) > self.records:
+            raise ValueError(f"SequenceConfig.batch_sizes: a batch of {max(self.batch_sizes)} needs as many records; "
+                             f"the streams have {self.records}")
+        if self.probe_records < 0:
+            raise ValueError("SequenceConfig.probe_records must be >= 0")
+        self.stream_points = tuple(int(p) for p in self.stream_points)
+        if any(p < 1 for p in self.stream_points):
+            raise ValueError(f"SequenceConfig.stream_points must be >= 1, got {self.stream_points}")
+        self.stream_seeds = tuple(int(s) for s in self.stream_seeds)
+        if not self.stream_seeds or len(set(self.stream_seeds)) != len(self.stream_seeds) or min(self.stream_seeds) < 0:
+            raise ValueError(f"SequenceConfig.stream_seeds must be distinct seeds >= 0, got {self.stream_seeds}")
+        self.stream_settings = tuple(self.stream_settings)
+        unknown = [s for s in self.stream_settings if s not in STREAM_SETTINGS]
+        if unknown or not self.stream_settings:
+            raise ValueError(f"SequenceConfig.stream_settings must be among {STREAM_SETTINGS}, got {self.stream_settings}")
+        self.batch_methods = tuple(self.batch_methods)
+        if self.holdout_methods is not None:
+            self.holdout_methods = tuple(self.holdout_methods)
+
+    def streams_of(self, method: str, setting: str) -> bool:
+        """Whether ``method`` edits the streams of ``setting``."""
+        return setting != "holdout" or self.holdout_methods is None or method in self.holdout_methods
+
+    @property
+    def records(self) -> int:
+        """Records per setting and seed: the longest stream's length."""
+        return max(self.stream_lengths)
+
+    def covered(self, length: int) -> int:
+        """Records the streams of ``length`` cover: all for the longest, :attr:`paired_records` for the others."""
+        return self.records if length == self.records or self.paired_records is None else self.paired_records
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _dividing(values: Sequence[int], name: str) -> tuple[int, ...]:
+    """Distinct sizes >= 1, each dividing the largest (so that every size covers the same records in whole groups)."""
+    values = tuple(sorted({int(v) for v in values}))
+    bad = [v for v in values if v < 1 or values[-1] % v]
+    if bad:
+        raise ValueError(f"SequenceConfig.{name} {bad} do not divide the largest, {values[-1]}: every size must cover "
+                         "the same records in whole groups")
+    return values

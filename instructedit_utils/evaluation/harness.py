@@ -27,16 +27,20 @@ _SCORE_DEFAULTS = {k: p.default for k, p in inspect.signature(score_requests).pa
                    if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("reference", "scorer")}
 #: scoring options added after case files existed: recorded only when on, so that older case files stay valid
 _RECORDED_WHEN_ON = ("success_max_new_tokens", "natural_max_new_tokens")
+#: scoring options whose default (None) defers to another option: recorded only when set
+_RECORDED_WHEN_SET = ("natural_rephrases",)
 #: the scoring options that generate text (batched across a chunk's edited models for weight-changing methods)
 GENERATION_OPTIONS = ("fluency_max_new_tokens", "success_max_new_tokens", "natural_max_new_tokens")
 
 
 def scoring_settings(score_kwargs: dict[str, Any]) -> dict[str, Any]:
     """What of the scoring options changes a case's numbers: every cap and generation length (defaults filled in),
-    not the batch size; options of :data:`_RECORDED_WHEN_ON` only when on."""
+    not the batch size; options of :data:`_RECORDED_WHEN_ON` only when on, of :data:`_RECORDED_WHEN_SET` only when
+    set."""
     scoring = {**_SCORE_DEFAULTS, **score_kwargs}
     scoring.pop("batch_size", None)
-    return {k: v for k, v in scoring.items() if not (k in _RECORDED_WHEN_ON and not v)}
+    return {k: v for k, v in scoring.items()
+            if not (k in _RECORDED_WHEN_ON and not v) and not (k in _RECORDED_WHEN_SET and v is None)}
 
 
 #: how ConvSent's Reliability is measured (recorded in the settings of case files holding ConvSent cases, so that
@@ -240,6 +244,7 @@ def _generate_edited_fields(model, tokenizer, part: Sequence[EditRequest], delta
                                                       success_tokens, generate_fn)):
             case.update(fields)
     if natural_tokens > 0:
-        for case, fields in zip(cases, natural_success_fields(part, score_kwargs.get("max_rephrases", 3),
-                                                              natural_tokens, generate_fn)):
+        rephrases = score_kwargs.get("natural_rephrases")
+        rephrases = score_kwargs.get("max_rephrases", 3) if rephrases is None else rephrases
+        for case, fields in zip(cases, natural_success_fields(part, rephrases, natural_tokens, generate_fn)):
             case.update(fields)

@@ -79,7 +79,7 @@ def _mean(values: list[float]) -> float | None:
 def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_size: int = 16, max_rephrases: int = 3,
                    max_probes: int = 3, max_aliases: int = 1, sentiment_responses: int = 4,
                    fluency_max_new_tokens: int = 0, success_max_new_tokens: int = 0, natural_max_new_tokens: int = 0,
-                   reference: dict[tuple, TargetScore] | None = None,
+                   natural_rephrases: int | None = None, reference: dict[tuple, TargetScore] | None = None,
                    scorer: Scorer | None = None) -> tuple[list[dict[str, Any]], dict]:
     """Score ``model`` on each request; returns (cases, raw reference scores).
 
@@ -95,7 +95,8 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
     which replays only the edited blocks); it must score ``model``. With ``success_max_new_tokens``, the greedy
     continuations of the edit prompt and the scored rephrases give ``edit/greedy`` and ``gen/greedy``
     (:func:`greedy_success`); with ``natural_max_new_tokens``, continuations of that length cut at their natural
-    stop give ``edit/natural_em``, ``edit/natural_contains`` and their ``gen/`` twins (:func:`natural_success_fields`).
+    stop give ``edit/natural_em``, ``edit/natural_contains`` and their ``gen/`` twins (:func:`natural_success_fields`),
+    on the first ``natural_rephrases`` rephrases (None: ``max_rephrases``; 0: the edit prompt only).
     """
     scores = _scoring_jobs(tokenizer, requests, max_rephrases, max_probes, max_aliases,
                            sentiment_responses).run(model, batch_size, scorer)
@@ -107,7 +108,8 @@ def score_requests(model, tokenizer, requests: Sequence[EditRequest], *, batch_s
     greedy = (greedy_success(requests, tokenizer, max_rephrases, success_max_new_tokens,
                              lambda prompts, _owners, n: generate(model, tokenizer, prompts, n, batch_size))
               if success_max_new_tokens > 0 else None)
-    natural = (natural_success_fields(requests, max_rephrases, natural_max_new_tokens,
+    natural = (natural_success_fields(requests, max_rephrases if natural_rephrases is None else natural_rephrases,
+                                      natural_max_new_tokens,
                                       lambda prompts, _owners, n: generate(model, tokenizer, prompts, n, batch_size))
                if natural_max_new_tokens > 0 else None)
     cases = []

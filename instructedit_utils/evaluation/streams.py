@@ -7,9 +7,10 @@ For a stream of requests ``r_1 … r_T`` (:func:`evaluate_stream`):
 * **right after each edit** ``t``: request ``r_t`` scored on the model holding edits ``1 … t`` (``when = "edit"``),
   teacher forced only (every edit, so it stays cheap);
 * **at each checkpoint** ``t`` (a logarithmic set, :func:`checkpoints`): every request so far, ``r_1 … r_t``,
-  scored in shared batches with every scoring option — Reliability as retention of the earlier edits,
-  Generalization, Locality against the unedited model, greedy and natural-stop success (``when = "retention"``) —
-  and the perplexity of held-out text (``when = "probe"``, also at ``t = 0``: the unedited model);
+  scored in shared batches — Reliability as retention of the earlier edits, Generalization, Locality against the
+  unedited model (``when = "retention"``); at the last checkpoint (the stream's end) with every scoring option,
+  the generation-based ones (greedy and natural-stop success, Fluency) included, which cost the most — and the
+  perplexity of held-out text (``when = "probe"``, also at ``t = 0``: the unedited model);
 * an edit that breaks the stream (a non-finite loss, weight change or weight:
   :class:`~instructedit_utils.methods.registry.StreamBroken`) ends it with a ``when = "broken"`` row naming the step
   and the reason; nothing after it is scored and nothing is skipped silently.
@@ -37,9 +38,9 @@ from ..data.instructions import EditRequest
 from ..methods.registry import EditingMethod, StreamBroken
 from ..models.batches import score_split
 from ..models.deltas import applied
-from ..models.metrics import perplexity
+from ..models.metrics import encode_pair, perplexity, perplexity_of
 from ..util.runs import RunFolder
-from .harness import case_settings, resumable_cases
+from .harness import UneditedScores, case_settings, resumable_cases
 from .scoring import score_requests
 
 #: the checkpoints a stream is measured at (those up to its length, and its length)
@@ -59,12 +60,16 @@ def checkpoints(length: int, points: Sequence[int] = CHECKPOINTS) -> tuple[int, 
 def evaluate_stream(method: EditingMethod, model, tokenizer, requests: Sequence[EditRequest], *,
                     points: Sequence[int] = CHECKPOINTS, probes: tuple[Sequence[str], Sequence[str]] | None = None,
                     run: RunFolder | None = None, name: str | None = None, settings: dict[str, Any] | None = None,
-                    split: bool = True, **score_kwargs) -> list[dict[str, Any]]:
+                    split: bool = True, unedited: UneditedScores | None = None, lower_states: dict | None = None,
+                    **score_kwargs) -> list[dict[str, Any]]:
     """Edit ``requests`` one after the other with ``method`` and score the stream (see the module docstring).
 
     ``probes`` = (prompts, continuations) of held-out text whose perplexity is measured at every checkpoint.
-    ``split`` scores with the method's split runner (the blocks below its edits run once per prompt). Returns the
-    rows (also those of a finished stream read back from ``run``)."""
+    ``split`` scores with the method's split runner (the blocks below its edits run once per prompt). ``unedited``
+    keeps the unedited model's scores of the requests for every stream and method scoring the same requests
+    (:class:`~.harness.UneditedScores`); ``lower_states``, a dict the caller keeps, the split runner's lower states
+    for every stream of the same method (they do not depend on the edits). Returns the rows (also those of a finished
+    stream read back from ``run``)."""
     if not requests:
         raise ValueError("evaluate_stream needs at least one request")
     if len({r.case_id for r in requests}) != len(requests):
@@ -79,7 +84,7 @@ def evaluate_stream(method: EditingMethod, model, tokenizer, requests: Sequence[
         if rows and rows[-1].get("when") in _ENDED:
             return rows
     rows = _run_stream(method, model, tokenizer, requests, checkpoints(len(requests), points), probes, split,
-                       score_kwargs)
+                       score_kwargs, unedited, lower_states)
     head = {"stream": name, "method": method.name, "editor": method.fingerprint}
     rows = [{**head, **row} for row in rows]
     if run is not None:
@@ -89,19 +94,59 @@ def evaluate_stream(method: EditingMethod, model, tokenizer, requests: Sequence[
     return rows
 
 
+class UneditedSubset:
+    """The unedited model's scores of a sample computed once, served to every stream cut from it (the interface of
+    :class:`~.harness.UneditedScores`: ``get(requests, compute)``; requests outside the sample are computed)."""
+
+    def __init__(self, cases: Sequence[dict[str, Any]], reference: dict):
+        self.cases = {c["case_id"]: c for c in cases}
+        self.reference = reference
+
+    @classmethod
+    def of(cls, unedited: UneditedScores | None, requests: Sequence[EditRequest], model, tokenizer,
+           method: EditingMethod, score_kwargs: dict[str, Any], split: bool = True,
+           lower_states: dict | None = None) -> "UneditedSubset":
+        """The scores of all ``requests`` (kept in ``unedited`` for other methods with the same requests; the lower
+        states computed on the way kept in ``lower_states``)."""
+        scorer, runner = _scorer(method, model, tokenizer, requests, split, score_kwargs)
+        with runner.reusing_states(lower_states) if runner is not None else contextlib.nullcontext():
+            def compute():
+                return score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
+
+            return cls(*(unedited.get(requests, compute) if unedited is not None else compute()))
+
+    def get(self, requests: Sequence[EditRequest], compute):
+        ids = {r.case_id for r in requests}
+        if ids - self.cases.keys():
+            return compute()
+        return [self.cases[r.case_id] for r in requests], {k: v for k, v in self.reference.items() if k[0] in ids}
+
+
+def stream_finished(run: RunFolder, name: str) -> bool:
+    """Whether ``<name>.jsonl`` of ``run`` holds a whole stream (its last row ends it)."""
+    rows = run.read_cases(name)
+    return bool(rows) and rows[-1].get("when") in _ENDED
+
+
 def _run_stream(method: EditingMethod, model, tokenizer, requests: Sequence[EditRequest], marks: tuple[int, ...],
-                probes, split: bool, score_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+                probes, split: bool, score_kwargs: dict[str, Any], unedited: UneditedScores | None,
+                lower_states: dict | None) -> list[dict[str, Any]]:
     """The rows of one stream (without its head): the unedited scores first, then edit by edit. With a split
     scorer the lower states are computed once per prompt for the whole stream (no edit touches those blocks)."""
     scorer, runner = _scorer(method, model, tokenizer, requests, split, score_kwargs)
-    with runner.reusing_states() if runner is not None else contextlib.nullcontext():
-        return _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs)
+    with runner.reusing_states(lower_states) if runner is not None else contextlib.nullcontext():
+        def compute():
+            return score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
+
+        base = unedited.get(requests, compute) if unedited is not None else compute()
+        return _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs, base)
 
 
-def _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs) -> list[dict[str, Any]]:
-    base_cases, reference = score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
+def _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs, unedited
+                 ) -> list[dict[str, Any]]:
+    base_cases, reference = unedited
     base = {c["case_id"]: {f"base/{k}": v for k, v in c.items() if "/" in k} for c in base_cases}
-    rows = _probe_rows(model, tokenizer, probes, 0, score_kwargs)
+    rows = _probe_rows(model, tokenizer, probes, 0, scorer, score_kwargs)
     quick = {**score_kwargs, **dict.fromkeys(_GENERATION, 0)}
     with method.stream(model, tokenizer) as stream:
         for t, request in enumerate(requests, 1):
@@ -112,12 +157,12 @@ def _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, scor
                                 "error": exc.reason}]
             case = score_requests(model, tokenizer, [request], reference=reference, scorer=scorer, **quick)[0][0]
             rows.append({"when": "edit", "after": t, "position": t, **case, **base[request.case_id]})
-            if t in marks:
+            if t in marks:  # generation-based measures only once the stream has ended
                 cases = score_requests(model, tokenizer, requests[:t], reference=reference, scorer=scorer,
-                                       **score_kwargs)[0]
+                                       **(score_kwargs if t == len(requests) else quick))[0]
                 rows += [{"when": "retention", "after": t, "position": i, **c, **base[c["case_id"]]}
                          for i, c in enumerate(cases, 1)]
-                rows += _probe_rows(model, tokenizer, probes, t, score_kwargs)
+                rows += _probe_rows(model, tokenizer, probes, t, scorer, score_kwargs)
     return rows + [{"when": "done", "after": len(requests)}]
 
 
@@ -131,11 +176,16 @@ def _scorer(method: EditingMethod, model, tokenizer, requests, split: bool, scor
                    headers=headers), runner
 
 
-def _probe_rows(model, tokenizer, probes, after: int, score_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+def _probe_rows(model, tokenizer, probes, after: int, scorer, score_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The perplexity of the held-out text ``probes`` on the model as it is (through ``scorer`` where given)."""
     if not probes:
         return []
     prompts, continuations = probes
-    value = perplexity(model, tokenizer, prompts, continuations, score_kwargs.get("batch_size", 16))
+    if scorer is None:
+        value = perplexity(model, tokenizer, prompts, continuations, score_kwargs.get("batch_size", 16))
+    else:
+        scores = scorer([encode_pair(tokenizer, p, c) for p, c in zip(prompts, continuations)])
+        value = perplexity_of(scores)
     return [{"when": "probe", "after": after, "probe/ppl": value}]
 
 

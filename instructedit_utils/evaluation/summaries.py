@@ -26,11 +26,17 @@ METRIC_LABELS = {
     "edit/token_acc": "Reliability (token accuracy)",
     "sentiment/z_sent": "Sentiment preference (z_sent)",
     "sentiment/z_topic": "Topic kept (z_topic)",
+    "edit/natural_em": "Reliability (as said)",
+    "gen/natural_em": "Generalization (as said)",
+    "edit/natural_contains": "Reliability (said, contained)",
+    "gen/natural_contains": "Generalization (said, contained)",
+    "probe/ppl": "Held-out perplexity",
 }
 # Metrics that are shares in [0, 1] (shown in percent); the others (entropy in bits, log-prob margin) are raw.
 FRACTION_METRICS = ("edit/acc", "gen/acc", "loc/acc", "port/acc", "sentiment/success", "loc/gold_acc",
                     "fluency/empty", "search/score", "edit/greedy", "gen/greedy", "sentiment/es", "sentiment/z_sent",
-                    "sentiment/z_topic", "edit/token_acc")
+                    "sentiment/z_topic", "edit/token_acc", "edit/natural_em", "gen/natural_em",
+                    "edit/natural_contains", "gen/natural_contains")
 
 
 def metric_label(metric: str) -> str:

@@ -1,6 +1,6 @@
 """``instructedit-eval SETTING``: one evaluation setting of :mod:`.settings` (or chapter 7's mixtures,
-:mod:`.mixtures`) with the configuration its notebook builds for a profile (notebook 03, 04, 06 or 07), without the
-notebook."""
+:mod:`.mixtures`, or chapter 8's streams and batches, :mod:`.sequential`) with the configuration its notebook builds
+for a profile (notebook 03, 04, 06, 07 or 08), without the notebook."""
 from __future__ import annotations
 
 import argparse
@@ -12,15 +12,16 @@ from ..config.parameters import add_arguments, config_from_args as notebook_conf
 from ..training.plan import trained_plan
 from ..util.runs import RunFolder, SettingsMismatch
 from ..util.runtime import setup_torch
-from . import mixtures
-from .settings import NOTEBOOKS, SETTINGS, gradients, holdout, multitask, transfer, unseen
+from ..evaluation.summaries import summarize
+from . import mixtures, sequential
+from .settings import NOTEBOOKS, SETTINGS, gradients, holdout, load_methods, multitask, transfer, unseen
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("setting", choices=SETTINGS)
     add_arguments(parser, "the setting's notebook (03 for multitask/holdout, 04 for unseen/transfer, 06 for gradients, "
-                          "07 for mixtures)")
+                          "07 for mixtures, 08 for sequential)")
     parser.add_argument("--descriptions", help="external descriptions file (unseen setting; = -p descriptions_file=…)")
     return parser
 
@@ -49,6 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summary.pivot_table(index="method", columns=["task", "metric"], values="mean").round(3).to_string())
             print(f"[instructedit-eval] wrote {Path(cfg.run_dir) / mixtures.SETTING} and the editing areas of "
                   f"{len(groups)} editors in {Path(cfg.run_dir) / 'gradients'}")
+            return 0
+        if args.setting == "sequential":
+            streams, batches = sequential.evaluate(cfg, model, tokenizer, load_methods(cfg, model, tokenizer))
+            ended = [r for r in streams if r.get("when") == "retention" and r["after"] == r["stream/length"]]
+            table = summarize(ended, by=("setting", "method", "stream/length"), metrics=["edit/acc", "loc/acc"])
+            print(table.pivot_table(index=["setting", "method"], columns=["metric", "stream/length"],
+                                    values="mean").round(3).to_string())
+            print(f"[instructedit-eval] wrote {len(streams)} stream rows and {len(batches)} batch rows in "
+                  f"{Path(cfg.run_dir) / sequential.STREAMS_DIR} and {Path(cfg.run_dir) / sequential.BATCHES_DIR}")
             return 0
         if args.setting == "gradients":
             for group, areas in gradients(cfg, model, tokenizer).items():

@@ -13,6 +13,8 @@ setting        what is evaluated
                :mod:`~instructedit_utils.evaluation.gradients`)
 ``mixtures``   chapter 7's task-scaling and balance editors on all four tasks, and their editing areas (Fig. 4b-d,
                :mod:`~instructedit_utils.analysis.findings`)
+``sequential`` streams of edits kept on one model and batch edits (chapter 8, beyond the paper,
+               :mod:`~instructedit_utils.experiments.sequential`)
 =============  ========================================================================================================
 
 Each setting writes ``<run_dir>/<setting>/``: ``cases_<method>[_<condition>].jsonl`` (one line per case, resumable;
@@ -27,11 +29,13 @@ them). The notebooks (03, 04) and the command line call the same functions with 
     instructedit-eval transfer --profile gpu
     instructedit-eval holdout --profile cpu --runs-dir /tmp/other_runs -p holdout_split=test
     instructedit-eval mixtures --profile cpu
+    instructedit-eval sequential --profile cpu
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -56,10 +60,11 @@ from ..util.runtime import setup_torch
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
 
-SETTINGS = ("multitask", "holdout", "unseen", "transfer", "gradients", "mixtures")
+SETTINGS = ("multitask", "holdout", "unseen", "transfer", "gradients", "mixtures", "sequential")
 NOTEBOOKS = {"multitask": "03_multitask_and_holdout", "holdout": "03_multitask_and_holdout",
              "unseen": "04_unseen_instructions", "transfer": "04_unseen_instructions",
-             "gradients": "06_gradient_analysis", "mixtures": "07_task_scaling_and_balance"}
+             "gradients": "06_gradient_analysis", "mixtures": "07_task_scaling_and_balance",
+             "sequential": "08_sequential_editing"}
 TRANSFER_NOTEBOOK = "04_unseen_instructions"
 SINGLE_TASK_GROUP = "single-task MEND"
 
@@ -156,17 +161,26 @@ def evaluate_in_workers(setting: str, jobs: Sequence[Job], methods: Mapping[str,
         if job.name not in job.cfg.methods:
             raise ValueError(f"A worker builds methods by name from cfg.methods; {job.name!r} is not among them")
 
-    threads = worker_threads(jobs[0].cfg.model.num_threads, workers)
+    run_in_workers(jobs[0].cfg, partial(_evaluate_worker, setting), pending)
+
+
+def run_in_workers(cfg: ExperimentConfig, worker: Callable[[Any, int], None], jobs: Sequence[Any]) -> None:
+    """``worker(job, threads)`` for every job in ``min(cfg.n_workers(), len(jobs))`` spawned processes with
+    :func:`~instructedit_utils.training.pool.worker_threads` threads each (never oversubscribed), in the given order
+    (a free worker takes the next job); a failing job raises here."""
+    workers = max(1, min(cfg.n_workers(), len(jobs)))
+    threads = worker_threads(cfg.model.num_threads, workers)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in [pool.submit(_evaluate_worker, setting, job, threads) for job in pending]:
+        for future in [pool.submit(worker, job, threads) for job in jobs]:
             future.result()
 
 
 _WORKER_CACHE: dict[tuple, Any] = {}  # in a worker process: the model (and methods) its earlier jobs loaded
 
 
-def _evaluate_worker(setting: str, job: Job, threads: int) -> None:
-    cfg = job.cfg
+def worker_method(cfg: ExperimentConfig, name: str, threads: int) -> tuple[Any, Any, EditingMethod]:
+    """In a worker process: ``(model, tokenizer, method)``, the model loaded once per process (with ``threads``
+    torch threads) and the method ``name`` of ``cfg`` built for it once (:func:`load_methods`)."""
     model_key = (cfg.model.name, cfg.model.device, cfg.model.dtype, cfg.model.lower_dtype)
     if model_key not in _WORKER_CACHE:
         _WORKER_CACHE.clear()
@@ -175,10 +189,15 @@ def _evaluate_worker(setting: str, job: Job, threads: int) -> None:
         model.requires_grad_(False)
         _WORKER_CACHE[model_key] = (model, tokenizer)
     model, tokenizer = _WORKER_CACHE[model_key]
-    method_key = (model_key, str(editors_dir(cfg)), job.name)
+    method_key = (model_key, str(editors_dir(cfg)), name, json.dumps(cfg.method_options, sort_keys=True))
     if method_key not in _WORKER_CACHE:
-        _WORKER_CACHE[method_key] = load_methods(cfg, model, tokenizer, [job.name])[job.name]
-    evaluate_setting(cfg, setting, {job.name: _WORKER_CACHE[method_key]}, model, tokenizer, job.tasks,
+        _WORKER_CACHE[method_key] = load_methods(cfg, model, tokenizer, [name])[name]
+    return model, tokenizer, _WORKER_CACHE[method_key]
+
+
+def _evaluate_worker(setting: str, job: Job, threads: int) -> None:
+    model, tokenizer, method = worker_method(job.cfg, job.name, threads)
+    evaluate_setting(job.cfg, setting, {job.name: method}, model, tokenizer, job.tasks,
                      condition=job.condition, description=job.description, scope=job.scope)
 
 

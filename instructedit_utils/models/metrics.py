@@ -163,7 +163,11 @@ def score_targets(model, tokenizer, prompts: Sequence[str], targets: Sequence[st
 def perplexity(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16) -> float:
     """Perplexity of ``continuations`` after their ``prompts``: ``exp`` of the mean negative log-probability over every
     continuation token of every pair (token-weighted, teacher forced), the model's behaviour on text no edit aimed at."""
-    scores = score_targets(model, tokenizer, prompts, continuations, batch_size)
+    return perplexity_of(score_targets(model, tokenizer, prompts, continuations, batch_size))
+
+
+def perplexity_of(scores: Sequence["TargetScore"]) -> float:
+    """:func:`perplexity` from teacher-forced scores (e.g. of a split runner)."""
     logprobs = [lp for sc in scores for lp in sc.logprobs]
     if not logprobs:
         raise ValueError("perplexity needs at least one continuation token")

@@ -40,7 +40,10 @@ CHAPTERS = {
     "04_unseen_instructions": "Chapter 4",
     "06_gradient_analysis": "Chapter 6",
     "07_task_scaling_and_balance": "Chapter 7",
+    "08_sequential_editing": "Chapter 8",
 }
+SEQUENTIAL_NOTEBOOK = "08_sequential_editing"
+SEQUENTIAL_VERDICTS = "verdicts.csv"  # chapter 8's verdicts (analysis.sequential.verdict_table), beyond the paper
 REPRODUCED, REVERSED, UNRESOLVED, MISSING = (verdicts.REPRODUCED, verdicts.REVERSED, verdicts.UNRESOLVED,
                                              verdicts.MISSING)
 MIXED, UNTRAINED, EQUIVALENT, DIFFERENT = verdicts.MIXED, verdicts.UNTRAINED, verdicts.EQUIVALENT, verdicts.DIFFERENT
@@ -256,6 +259,13 @@ CLAIMS: tuple[Callable[[ExperimentConfig], Claim], ...] = (
 def claims(cfg: ExperimentConfig) -> list[Claim]:
     """Every claim the book tests, checked on this profile's run folders."""
     return [check(cfg) for check in CLAIMS]
+
+
+def beyond_the_paper(cfg: ExperimentConfig) -> pd.DataFrame | None:
+    """Chapter 8's verdicts on sequential editing (questions the paper does not ask), as the chapter wrote them; None
+    when it was not run."""
+    table = read_table(cfg, SEQUENTIAL_NOTEBOOK, SEQUENTIAL_VERDICTS)
+    return None if table is None else table.reset_index(drop=True)
 
 
 def _when(started: str | None) -> str:

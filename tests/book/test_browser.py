@@ -67,7 +67,7 @@ def pages(html):
             browser.open(file.as_uri())
             facts = json.loads(browser.evaluate(PAGE_FACTS))
             facts.update(requests=browser.requests(), exceptions=browser.exceptions(), file=file)
-            if page in ("book/intro", "book/executed/08_results"):
+            if page in ("book/intro", "book/executed/09_results"):
                 shot = browser.screenshot(html.parent / "screenshots" / f"{Path(page).name}.png")
                 facts["screenshot"] = shot
             out[page] = facts
@@ -87,13 +87,13 @@ def test_every_page_loads_without_errors_or_machine_paths(pages):
 
 def test_chapters_show_their_figures_and_tables(pages):
     for page, f in pages.items():
-        if "/executed/0" not in page or page.endswith("09_cost"):
+        if "/executed/0" not in page or page.endswith("10_cost"):
             continue
         assert f["images"], f"{page} has no figure"
         broken = [i["src"] for i in f["images"] if not (i["done"] and i["w"] > 0 and i["h"] > 0)]
         assert not broken, f"{page}: images not decoded: {broken}"
         assert f["tables"] > 0, f"{page} has no table"
-    assert pages["book/executed/09_cost"]["tables"] > 0, "the cost page shows no table"
+    assert pages["book/executed/10_cost"]["tables"] > 0, "the cost page shows no table"
 
 
 def test_mathjax_typesets_offline(pages):
@@ -130,7 +130,7 @@ def test_internal_links_resolve(pages):
 def test_screenshots_of_the_intro_and_the_results_page(pages):
     from PIL import Image
 
-    for page in ("book/intro", "book/executed/08_results"):
+    for page in ("book/intro", "book/executed/09_results"):
         shot = pages[page]["screenshot"]
         with Image.open(shot) as img:
             assert img.width >= 1000 and img.height >= 1000, (shot, img.size)

@@ -241,6 +241,8 @@ def test_greedy_success_per_request_and_its_generation_length(tiny_llama, cf_rec
     assert case_settings(reqs, {"success_max_new_tokens": 8})["scoring"]["success_max_new_tokens"] == 8
     assert "natural_max_new_tokens" not in case_settings(reqs, {})["scoring"]
     assert case_settings(reqs, {"natural_max_new_tokens": 16})["scoring"]["natural_max_new_tokens"] == 16
+    assert "natural_rephrases" not in case_settings(reqs, {"natural_max_new_tokens": 16})["scoring"]
+    assert case_settings(reqs, {"natural_rephrases": 0})["scoring"]["natural_rephrases"] == 0
 
 
 def test_case_files_of_convsent_record_its_measure(cf_records, convsent_records):

@@ -24,6 +24,7 @@ CLI_TWINS = {
     "05_instruction_search": [(instruction_search, [])],
     "06_gradient_analysis": [(experiments, ["gradients"])],
     "07_task_scaling_and_balance": [(experiments, ["mixtures"])],
+    "08_sequential_editing": [(experiments, ["sequential"])],
 }
 
 

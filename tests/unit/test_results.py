@@ -12,7 +12,7 @@ from instructedit_utils.util.runs import RunFolder
 
 @pytest.fixture
 def cfg(tmp_path):
-    return ExperimentConfig(run_dir=str(tmp_path / "ci" / "08_results"), profile="ci")
+    return ExperimentConfig(run_dir=str(tmp_path / "ci" / "09_results"), profile="ci")
 
 
 def cases(method, values, task="zsre", key="edit/acc"):

@@ -73,7 +73,7 @@ def test_set_up_cells_are_folded_and_other_cells_are_not(tmp_path, monkeypatch):
 
 def test_pages_a_notebook_publishes_are_copied_beside_the_executed_notebooks(tmp_path, monkeypatch):
     fake_papermill(monkeypatch, {}, publish="| claim |\n")
-    runner.run_notebook("08_results", "ci", output_dir=tmp_path / "out", runs_dir=tmp_path / "runs")
+    runner.run_notebook("09_results", "ci", output_dir=tmp_path / "out", runs_dir=tmp_path / "runs")
     assert (tmp_path / "out" / "claims.md").read_text() == "| claim |\n"
 
 
@@ -81,7 +81,7 @@ def test_models_are_converted_by_the_runner_once(monkeypatch):
 
     calls = []
     monkeypatch.setattr(models, "converted_model_dir", lambda preset: calls.append(preset.name))
-    names = ["01_instruction_construction", "02_editor_training", "08_results"]
+    names = ["01_instruction_construction", "02_editor_training", "09_results"]
     assert runner.prepare_models(names, "ci") == ["smollm2-135m"]
     assert calls == ["smollm2-135m"]
     assert runner.prepare_models(names, "ci", {"model_name": "tiny-llama"}) == []  # not a GGUF package model

@@ -158,6 +158,10 @@ def test_retention_after_one_edit_equals_the_single_edit_result(tiny_llama):
     assert {k: retained[0][k] for k in metrics} == {k: single[k] for k in metrics}
     edit_row = next(r for r in rows if r["when"] == "edit")
     assert edit_row["edit/acc"] == single["edit/acc"] and "edit/natural_em" not in edit_row  # teacher forced only
+    only_edit = evaluate_stream(method, model, tok, req, **kw, natural_rephrases=0)
+    final = [r for r in only_edit if r["when"] == "retention"][0]
+    assert final["edit/natural_em"] == single["edit/natural_em"] and "gen/natural_em" not in final
+    assert "gen/natural_em" in single
 
 
 def test_a_finished_stream_is_read_back_and_other_settings_are_refused(tiny_llama, tmp_path):
