@@ -8,8 +8,8 @@ chapter's tables and verdicts. Nothing here edits.
 * :func:`forgetting`: per method, a record's value once the whole stream ended minus its value right after its own
   edit (paired on the record; teacher forced).
 * :func:`length_drops`: per method and length ``T``, the value at ``T = 1`` minus the value at ``T`` on the same
-  records; :func:`breaking_points` the first ``T`` where that drop is resolved ("where each method breaks"), or the
-  step a stream broke at (non-finite).
+  records; :func:`breaking_points` the first ``T`` where that drop is resolved and beyond the equivalence margin
+  ("where each method breaks"), or the step a stream broke at (non-finite).
 * :func:`method_differences`: InstructEdit − MEND (or any pair) on the same records at each length.
 * :func:`batch_summary`: means per batch size; :func:`probe_table`: held-out perplexity through the stream.
 
@@ -81,23 +81,35 @@ def forgetting(rows: Sequence[dict[str, Any]], metric: str = "edit/acc", seed: i
 
 def length_drops(rows: Sequence[dict[str, Any]], metric: str = "edit/acc", seed: int = 0) -> pd.DataFrame:
     """Per setting, method and length ``T`` > 1: the value at ``T = 1`` minus the value at ``T`` on the same records
-    (``diff`` > 0: the method edits worse the more edits the model already holds)."""
+    (``diff`` > 0: the method edits worse the more edits the model already holds), with the 95% interval and the 90%
+    one (``ci90_low``, ``ci90_high``) the equivalence test needs."""
     cases = [{**r, "length": str(r["stream/length"])} for r in final_cases(rows)]
     lengths = sorted({r["stream/length"] for r in cases})
     if not cases or len(lengths) < 2:
         return pd.DataFrame()
     out = []
     for t in lengths[1:]:
-        d = paired_difference(cases, metric, "length", str(t), str(lengths[0]), by=("setting", "method"), seed=seed)
-        out.append(d.assign(length=t, first=lengths[0]))
+        args = (cases, metric, "length", str(t), str(lengths[0]))
+        d95 = paired_difference(*args, by=("setting", "method"), seed=seed)
+        d90 = paired_difference(*args, by=("setting", "method"), seed=seed, alpha=0.10)
+        if len(d95):
+            d95 = d95.assign(ci90_low=d90["ci_low"].to_numpy(), ci90_high=d90["ci_high"].to_numpy())
+        out.append(d95.assign(length=t, first=lengths[0]))
     return pd.concat(out, ignore_index=True)
 
 
+def drop_verdict(row: dict[str, Any]) -> verdicts.Verdict:
+    """The equivalence test (:func:`~instructedit_utils.analysis.verdicts.equivalence`, margin ±5 points) of one
+    :func:`length_drops` row: *different* (with ``diff`` > 0, a drop beyond the margin), *equivalent* or not
+    resolved."""
+    return verdicts.equivalence({**row, "ci_low": row["ci90_low"], "ci_high": row["ci90_high"]}, row)
+
+
 def breaking_points(rows: Sequence[dict[str, Any]], metric: str = "edit/acc", seed: int = 0) -> pd.DataFrame:
-    """Where each method breaks, per setting: the first length whose drop against ``T = 1`` is resolved
-    (:func:`length_drops` through :func:`~instructedit_utils.analysis.verdicts.direction`), or the first step a stream
-    broke at with a non-finite weight or loss; otherwise "holds" when every length is resolvably above ``T = 1`` and
-    "not resolved" when some interval contains 0 (or rests on too few records)."""
+    """Where each method breaks, per setting: the first length whose drop against ``T = 1`` on the same records is
+    resolved and beyond the equivalence margin (:func:`drop_verdict`), or the first step a stream broke at with a
+    non-finite weight or loss. Otherwise "holds" when every length is equivalent to ``T = 1`` (or resolvably above
+    it), "not resolved" when some length is neither."""
     drops = length_drops(rows, metric, seed)
     broken = broken_streams(rows)
     longest = max((r["stream/length"] for r in rows if "stream/length" in r), default=None)
@@ -105,18 +117,19 @@ def breaking_points(rows: Sequence[dict[str, Any]], metric: str = "edit/acc", se
     groups = sorted({(r["setting"], r["method"]) for r in rows if "setting" in r and "method" in r})
     for setting, method in groups:
         mine = drops[(drops["setting"] == setting) & (drops["method"] == method)] if len(drops) else drops
-        found = [(int(r["length"]), verdicts.direction(r.to_dict())) for _, r in mine.sort_values("length").iterrows()]
-        breaks = [(t, v) for t, v in found if v.word == verdicts.REPRODUCED]
+        found = [(int(r["length"]), r["diff"], drop_verdict(r)) for r in mine.sort_values("length").to_dict("records")]
+        breaks = [(t, v) for t, d, v in found if v.word == verdicts.DIFFERENT and d > 0]
         dead = broken[(broken["setting"] == setting) & (broken["method"] == method)] if len(broken) else broken
         if len(dead):
             where, why = f"broke at edit {int(dead['after'].min())}", str(dead.iloc[0]["error"])
         elif breaks:
             where, why = f"drops by T = {breaks[0][0]}", str(breaks[0][1])
-        else:  # no resolved drop: "holds" only when every length is resolved (above T = 1), else not resolved
-            held = found and all(v.word == verdicts.REVERSED for _, v in found)
+        else:
+            held = found and all(v.word == verdicts.EQUIVALENT or (v.word == verdicts.DIFFERENT and d < 0)
+                                 for _, d, v in found)
             where = (f"holds up to T = {longest}" if held else
                      f"{verdicts.UNRESOLVED} up to T = {longest}" if found else verdicts.MISSING)
-            why = "; ".join(f"T = {t}: {v}" for t, v in found)
+            why = "; ".join(f"T = {t}: {v}" for t, _, v in found)
         out.append({"setting": setting, "method": method, "where": where, "evidence": why})
     return pd.DataFrame(out)
 
@@ -170,7 +183,7 @@ def summary_lines(rows: Sequence[dict[str, Any]], a: str = "mend", b: str = "ins
     held = length_summary(rows, metrics=("edit/acc", "edit/natural_em"), paired=True, seed=seed)
     said = []
     for (setting, method), part in (held.groupby(["setting", "method"], sort=False) if len(held) else []):
-        forced = part[part["metric"] == "edit/acc"].set_index("stream/length")["mean"]
+        forced = part[part["metric"] == "edit/acc"].set_index("stream/length")["mean"].sort_index()
         natural = part[part["metric"] == "edit/natural_em"].set_index("stream/length")["mean"]
         said.append(f"{setting} {method}: " + ", ".join(
             f"T = {t}: {verdicts.percent(forced.get(t))} forced / {verdicts.percent(natural.get(t))} said"
@@ -179,7 +192,7 @@ def summary_lines(rows: Sequence[dict[str, Any]], a: str = "mend", b: str = "ins
         f"**{b} above {a}** (Reliability, teacher forced, paired): " + ("; ".join(
             f"{r['setting']}, T = {r['stream/length']}: {r['verdict']}" for r in gaps.to_dict("records"))
             or verdicts.MISSING),
-        "**Where each method breaks** (Reliability against T = 1, paired): " + ("; ".join(
+        "**Where each method breaks** (Reliability against T = 1, paired, margin ±5 points): " + ("; ".join(
             f"{r['setting']} {r['method']}: {r['where']}" for r in breaks.to_dict("records")) or verdicts.MISSING),
         "**Forgets earlier edits** (right after its edit − after the longest stream): " + ("; ".join(
             f"{r['setting']} {r['method']}: {r['verdict']}" for r in forget.to_dict("records")) or verdicts.MISSING),

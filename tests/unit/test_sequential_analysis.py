@@ -42,7 +42,11 @@ def test_a_method_that_loses_its_edits_breaks_and_forgets_and_one_that_keeps_the
     keeping = _rows("grace", {1: lambda i: 1.0, 10: lambda i: 1.0, 60: lambda i: 1.0})
     breaks = seq.breaking_points(losing + keeping).set_index("method")
     assert breaks.loc["ft-l", "where"] == "drops by T = 10"  # 1 − 0.5 = 0.5 on 20 paired records
-    assert breaks.loc["grace", "where"] == f"{verdicts.UNRESOLVED} up to T = 60"  # equal values: no drop resolved
+    assert breaks.loc["grace", "where"] == "holds up to T = 60"  # equal values: equivalent at every length
+    tiny = _rows("ke", {1: lambda i: 0.5, 10: lambda i: 0.49, 60: lambda i: 0.5})  # resolved, but within the margin
+    assert seq.breaking_points(tiny).iloc[0]["where"] == "holds up to T = 60"
+    noisy = _rows("mend", {1: lambda i: float(i % 2), 10: lambda i: float(i % 3 == 0), 60: lambda i: 0.5})
+    assert seq.breaking_points(noisy).iloc[0]["where"] == f"{verdicts.UNRESOLVED} up to T = 60"
     rising = _rows("calinet", {1: lambda i: 0.0, 10: lambda i: 1.0, 60: lambda i: 1.0})
     assert seq.breaking_points(rising).iloc[0]["where"] == "holds up to T = 60"
     forget = seq.forgetting(losing + keeping).set_index("method")
