@@ -138,6 +138,11 @@ class UneditedScores:
         return cases, reference
 
 
+def base_fields(case: dict[str, Any]) -> dict[str, Any]:
+    """An unedited case's metrics as ``base/<metric>``, the fields every edited case carries beside its own."""
+    return {f"base/{k}": v for k, v in case.items() if "/" in k}
+
+
 def _unedited_case(base: dict[str, Any], reference: dict, case_id: str) -> dict[str, Any]:
     """What scoring the unedited model as its own edit gives: its scores, Locality 1 wherever it has a probe."""
     case = dict(base)
@@ -209,7 +214,7 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
         if batched:
             _generate_edited_fields(model, tokenizer, part, deltas, edited_cases, score_kwargs)
         return [{"method": method.name, "editor": fingerprint, **case,
-                 **{f"base/{k}": v for k, v in base.items() if "/" in k}} for case, base in zip(edited_cases, base_cases)]
+                 **base_fields(base)} for case, base in zip(edited_cases, base_cases)]
 
     return resumable_cases(requests, score_chunk, run, name, chunk, progress,
                            case_settings(requests, score_kwargs, settings))

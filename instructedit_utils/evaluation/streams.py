@@ -32,21 +32,17 @@ import contextlib
 from functools import partial
 from typing import Any, Sequence
 
-import torch
-
 from ..data.instructions import EditRequest
 from ..methods.registry import EditingMethod, StreamBroken
 from ..models.batches import score_split
-from ..models.deltas import applied
+from ..models.deltas import applied, nonfinite
 from ..models.metrics import encode_pair, perplexity, perplexity_of
 from ..util.runs import RunFolder
-from .harness import UneditedScores, case_settings, resumable_cases
+from .harness import GENERATION_OPTIONS, UneditedScores, base_fields, case_settings, resumable_cases
 from .scoring import score_requests
 
 #: the checkpoints a stream is measured at (those up to its length, and its length)
 CHECKPOINTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-#: the scoring options a row right after an edit leaves out (it is scored teacher forced only)
-_GENERATION = ("fluency_max_new_tokens", "success_max_new_tokens", "natural_max_new_tokens")
 _ENDED = ("done", "broken")
 
 
@@ -75,20 +71,21 @@ def evaluate_stream(method: EditingMethod, model, tokenizer, requests: Sequence[
     if len({r.case_id for r in requests}) != len(requests):
         raise ValueError("a stream edits each record once: its requests repeat a case_id")
     name = name or f"stream_{method.name}"
-    stamp = None
+    marks = checkpoints(len(requests), points)
+    stamp, written = None, []
     if run is not None:
         stamp = run.check_settings(name, {**case_settings(requests, score_kwargs, settings),
-                                          "stream/points": list(checkpoints(len(requests), points)),
+                                          "stream/points": list(marks),
                                           "stream/probes": len(probes[0]) if probes else 0})
-        rows = run.read_cases(name)
-        if rows and rows[-1].get("when") in _ENDED:
-            return rows
-    rows = _run_stream(method, model, tokenizer, requests, checkpoints(len(requests), points), probes, split,
-                       score_kwargs, unedited, lower_states)
+        written = run.read_cases(name)
+        if _ended(written):
+            return written
+    rows = _run_stream(method, model, tokenizer, requests, marks, probes, split, score_kwargs, unedited,
+                       lower_states)
     head = {"stream": name, "method": method.name, "editor": method.fingerprint}
     rows = [{**head, **row} for row in rows]
     if run is not None:
-        if run.read_cases(name):
+        if written:
             run.cases_path(name).unlink()  # a torn stream: its rows are recomputed as a whole
         run.append_cases(name, [{**row, "settings": stamp} for row in rows])
     return rows
@@ -110,10 +107,7 @@ class UneditedSubset:
         states computed on the way kept in ``lower_states``)."""
         scorer, runner = _scorer(method, model, tokenizer, requests, split, score_kwargs)
         with runner.reusing_states(lower_states) if runner is not None else contextlib.nullcontext():
-            def compute():
-                return score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
-
-            return cls(*(unedited.get(requests, compute) if unedited is not None else compute()))
+            return cls(*_unedited_scores(unedited, model, tokenizer, requests, scorer, score_kwargs))
 
     def get(self, requests: Sequence[EditRequest], compute):
         ids = {r.case_id for r in requests}
@@ -124,8 +118,21 @@ class UneditedSubset:
 
 def stream_finished(run: RunFolder, name: str) -> bool:
     """Whether ``<name>.jsonl`` of ``run`` holds a whole stream (its last row ends it)."""
-    rows = run.read_cases(name)
+    return _ended(run.read_cases(name))
+
+
+def _ended(rows: Sequence[dict[str, Any]]) -> bool:
     return bool(rows) and rows[-1].get("when") in _ENDED
+
+
+def _unedited_scores(unedited, model, tokenizer, requests: Sequence[EditRequest], scorer,
+                     score_kwargs: dict[str, Any]) -> tuple[list[dict[str, Any]], dict]:
+    """The unedited model's (cases, reference) of ``requests``: from ``unedited`` where it keeps them (an
+    :class:`~.harness.UneditedScores` or :class:`UneditedSubset`), else computed."""
+    def compute():
+        return score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
+
+    return unedited.get(requests, compute) if unedited is not None else compute()
 
 
 def _run_stream(method: EditingMethod, model, tokenizer, requests: Sequence[EditRequest], marks: tuple[int, ...],
@@ -135,19 +142,16 @@ def _run_stream(method: EditingMethod, model, tokenizer, requests: Sequence[Edit
     scorer the lower states are computed once per prompt for the whole stream (no edit touches those blocks)."""
     scorer, runner = _scorer(method, model, tokenizer, requests, split, score_kwargs)
     with runner.reusing_states(lower_states) if runner is not None else contextlib.nullcontext():
-        def compute():
-            return score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
-
-        base = unedited.get(requests, compute) if unedited is not None else compute()
+        base = _unedited_scores(unedited, model, tokenizer, requests, scorer, score_kwargs)
         return _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs, base)
 
 
 def _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs, unedited
                  ) -> list[dict[str, Any]]:
     base_cases, reference = unedited
-    base = {c["case_id"]: {f"base/{k}": v for k, v in c.items() if "/" in k} for c in base_cases}
+    base = {c["case_id"]: base_fields(c) for c in base_cases}
     rows = _probe_rows(model, tokenizer, probes, 0, scorer, score_kwargs)
-    quick = {**score_kwargs, **dict.fromkeys(_GENERATION, 0)}
+    quick = {**score_kwargs, **dict.fromkeys(GENERATION_OPTIONS, 0)}  # teacher forced only
     with method.stream(model, tokenizer) as stream:
         for t, request in enumerate(requests, 1):
             try:
@@ -200,13 +204,14 @@ def evaluate_batches(method: EditingMethod, model, tokenizer, requests: Sequence
     name = name or f"batches_{method.name}"
     scorer, runner = _scorer(method, model, tokenizer, requests, split, score_kwargs)
     rows = []
+    positions = {r.case_id: i for i, r in enumerate(requests)}
     with runner.reusing_states() if runner is not None else contextlib.nullcontext():
         base_cases, reference = score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
-        base = {c["case_id"]: {f"base/{k}": v for k, v in c.items() if "/" in k} for c in base_cases}
+        base = {c["case_id"]: base_fields(c) for c in base_cases}
         for k in sizes:
             def score_group(group: list[EditRequest], k=k) -> list[dict[str, Any]]:
                 deltas = method.batch_deltas(model, tokenizer, group)
-                bad = [n for n, d in deltas.items() if not bool(torch.isfinite(d).all())]
+                bad = nonfinite(deltas)
                 if bad:
                     raise FloatingPointError(f"{method.name}: non-finite weight change of {bad} in the batch edit of "
                                              f"{k} requests starting at {group[0].case_id!r}")
@@ -217,7 +222,6 @@ def evaluate_batches(method: EditingMethod, model, tokenizer, requests: Sequence
                 return [{"method": method.name, "editor": method.fingerprint, "batch/size": k, "batch/index": index,
                          **c, **base[c["case_id"]]} for c in cases]
 
-            positions = {r.case_id: i for i, r in enumerate(requests)}
             rows += resumable_cases(requests, score_group, run, f"{name}_k{k}", chunk=k,
                                     settings={**case_settings(requests, score_kwargs, settings), "batch/size": k})
     return rows

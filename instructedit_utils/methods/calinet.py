@@ -96,17 +96,14 @@ class SlotStream(EditStream):
 
     def start(self) -> None:
         self.slots: list[Slots] = []
-        self._hook = self.stack.enter_context(contextlib.ExitStack())
 
     def merged(self) -> Slots:
         return Slots(torch.cat([s.keys for s in self.slots]), torch.cat([s.values for s in self.slots]))
 
     def _add(self, request) -> None:
         new = self.method.train_slots(self.model, self.tokenizer, request, offset=len(self.slots))
-        self._hook.close()
         self.slots.append(new)
-        self._hook = self.stack.enter_context(contextlib.ExitStack())
-        self._hook.enter_context(self.method.attached(self.merged()))
+        self.attach(self.method.attached(self.merged()))
 
 
 @register("calinet")

@@ -186,13 +186,11 @@ class CodebookStream(EditStream):
 
     def start(self) -> None:
         self.codebook = Codebook()
-        self._hook = self.stack.enter_context(contextlib.ExitStack())
-        self._hook.enter_context(self.method.attached(self.codebook))
+        self.attach(self.method.attached(self.codebook))
 
     def _add(self, request: EditRequest) -> None:
-        self._hook.close()  # add_edit attaches the codebook itself while it trains the new value
+        self.attach(None)  # add_edit attaches the codebook itself while it trains the new value
         try:
             self.method.add_edit(self.model, self.tokenizer, request, self.codebook)
         finally:
-            self._hook = self.stack.enter_context(contextlib.ExitStack())
-            self._hook.enter_context(self.method.attached(self.codebook))
+            self.attach(self.method.attached(self.codebook))

@@ -36,12 +36,11 @@ import hashlib
 import json
 from typing import Any, Callable, Iterator
 
-import torch
 from torch import nn
 
 from ..config.options import OPTIONS
 from ..data.instructions import EditRequest
-from ..models.deltas import applied
+from ..models.deltas import applied, nonfinite
 from ..models.forward import FullForward, SplitForward, supports_split
 from ..models.loading import arch_spec
 
@@ -171,6 +170,16 @@ class EditStream:
     def start(self) -> None:
         pass
 
+    def attach(self, context: contextlib.AbstractContextManager | None) -> None:
+        """Replace the stream's current hook (if any) by ``context`` (None: detach): GRACE's and CaliNet's adaptors
+        are re-attached after each edit. Whatever is attached is removed on exit as well."""
+        hook = getattr(self, "_hook", None)
+        if hook is not None:
+            hook.close()
+        self._hook = self.stack.enter_context(contextlib.ExitStack())
+        if context is not None:
+            self._hook.enter_context(context)
+
     def add(self, request: EditRequest) -> None:
         if self.stack is None:
             raise RuntimeError("EditStream.add outside its with block")
@@ -190,12 +199,12 @@ class DeltaStream(EditStream):
 
     def _add(self, request: EditRequest) -> None:
         deltas = self.method.weight_deltas(self.model, self.tokenizer, request)
-        bad = [n for n, d in deltas.items() if not bool(torch.isfinite(d).all())]
+        bad = nonfinite(deltas)
         if bad:
             raise FloatingPointError(f"{self.method.name}: non-finite weight change of {bad}")
         self.stack.enter_context(applied(self.model, deltas))
         params = dict(self.model.named_parameters())
-        bad = [n for n in deltas if not bool(torch.isfinite(params[n]).all())]
+        bad = nonfinite({n: params[n] for n in deltas})
         if bad:
             raise FloatingPointError(f"{self.method.name}: non-finite weights {bad} after the edit")
 

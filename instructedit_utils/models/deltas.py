@@ -12,6 +12,11 @@ from torch import nn
 from .loading import arch_spec
 
 
+def nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of ``tensors`` holding a NaN or an infinity (a weight change or a weight no edit may leave)."""
+    return [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+
+
 @contextlib.contextmanager
 def applied(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Iterator[nn.Module]:
     """Add ``deltas`` to the model's weights inside the block; the original tensors are copied back bit-exactly on
