@@ -54,10 +54,15 @@ def length_summary(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METR
     return summarize(cases, by=("setting", "method", "stream/length"), metrics=present, seed=seed)
 
 
+def _longest(rows: Sequence[dict[str, Any]]) -> int | None:
+    """The longest stream length among ``rows`` (None without streams)."""
+    return max((r["stream/length"] for r in rows if "stream/length" in r), default=None)
+
+
 def checkpoint_summary(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = ("edit/acc", "gen/acc", "loc/acc"),
                        seed: int = 0) -> pd.DataFrame:
     """The longest stream's retention at each checkpoint ``after`` (mean over its edits so far, 95% CI)."""
-    longest = max((r["stream/length"] for r in rows if "stream/length" in r), default=None)
+    longest = _longest(rows)
     cases = [r for r in rows if r.get("when") == "retention" and r["stream/length"] == longest]
     if not cases:
         return pd.DataFrame()
@@ -68,7 +73,7 @@ def forgetting(rows: Sequence[dict[str, Any]], metric: str = "edit/acc", seed: i
     """Per setting and method: value right after the record's own edit minus value after the whole (longest) stream,
     paired on the record (``diff`` > 0: later edits undid earlier ones), with the verdict on *the method forgets
     earlier edits*."""
-    longest = max((r["stream/length"] for r in rows if "stream/length" in r), default=None)
+    longest = _longest(rows)
     cases = [{**r, "moment": "right after its edit"} for r in rows
              if r.get("when") == "edit" and r["stream/length"] == longest]
     cases += [{**r, "moment": "after the stream"} for r in final_cases(rows) if r["stream/length"] == longest]
@@ -112,7 +117,7 @@ def breaking_points(rows: Sequence[dict[str, Any]], metric: str = "edit/acc", se
     it), "not resolved" when some length is neither."""
     drops = length_drops(rows, metric, seed)
     broken = broken_streams(rows)
-    longest = max((r["stream/length"] for r in rows if "stream/length" in r), default=None)
+    longest = _longest(rows)
     out = []
     groups = sorted({(r["setting"], r["method"]) for r in rows if "setting" in r and "method" in r})
     for setting, method in groups:

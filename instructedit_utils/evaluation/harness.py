@@ -180,10 +180,8 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
     runner = method.runner(model) if split else None
     batch_size = score_kwargs.get("batch_size", 16)
     unedited = UneditedScores(run.path / "unedited", model, score_kwargs) if run is not None and shared else None
-    generating = any(score_kwargs.get(k, 0) > 0 for k in GENERATION_OPTIONS)
-    batched = batch_generation and generating and not isinstance(method, Unedited) \
-        and type(method).weight_deltas is not EditingMethod.weight_deltas
-    edited_kwargs = {**score_kwargs, **dict.fromkeys(GENERATION_OPTIONS, 0)} if batched else score_kwargs
+    batched = batch_generation and generates(score_kwargs) and edits_by_deltas(method)
+    edited_kwargs = teacher_forced(score_kwargs) if batched else score_kwargs
 
     def score_chunk(part: list[EditRequest]) -> list[dict[str, Any]]:
         scorer = None
@@ -212,7 +210,7 @@ def evaluate_method(method, model, tokenizer, requests: Sequence[EditRequest], *
                         edited_cases += score_requests(edited, tokenizer, [req], reference=reference, scorer=scorer,
                                                        **score_kwargs)[0]
         if batched:
-            _generate_edited_fields(model, tokenizer, part, deltas, edited_cases, score_kwargs)
+            generate_edited_fields(model, tokenizer, part, deltas, edited_cases, score_kwargs)
         return [{"method": method.name, "editor": fingerprint, **case,
                  **base_fields(base)} for case, base in zip(edited_cases, base_cases)]
 
@@ -228,10 +226,26 @@ def _check_editor(run: RunFolder, name: str, fingerprint: str) -> None:
                          f"now {fingerprint}); delete the file or use another run folder")
 
 
-def _generate_edited_fields(model, tokenizer, part: Sequence[EditRequest], deltas: Sequence[Mapping[str, Any]],
-                            cases: Sequence[dict[str, Any]], score_kwargs: dict[str, Any]) -> None:
-    """Add the generation fields (Fluency, greedy success) of a chunk's edited models to their ``cases``, every edited
-    model generating in shared batches (:func:`generate_edited`; ``deltas[i]`` is request ``i``'s edit)."""
+def generates(score_kwargs: dict[str, Any]) -> bool:
+    """Whether the scoring options ask for a generation-based measure (:data:`GENERATION_OPTIONS`)."""
+    return any(score_kwargs.get(k, 0) > 0 for k in GENERATION_OPTIONS)
+
+
+def teacher_forced(score_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The scoring options without the generation-based measures."""
+    return {**score_kwargs, **dict.fromkeys(GENERATION_OPTIONS, 0)}
+
+
+def edits_by_deltas(method) -> bool:
+    """Whether ``method``'s edits are weight deltas (so that many edited models can generate in one batch)."""
+    return not isinstance(method, Unedited) and type(method).weight_deltas is not EditingMethod.weight_deltas
+
+
+def generate_edited_fields(model, tokenizer, part: Sequence[EditRequest], deltas: Sequence[Mapping[str, Any]],
+                           cases: Sequence[dict[str, Any]], score_kwargs: dict[str, Any]) -> None:
+    """Add the generation fields (Fluency, greedy and natural-stop success) of a chunk's edited models to their
+    ``cases``, every edited model generating in shared batches (:func:`generate_edited`; ``deltas[i]`` is the edit
+    request ``i`` is scored under: its own, or that of the stream or batch edit it belongs to)."""
     batch_size = score_kwargs.get("batch_size", 16)
     gen_tokens = score_kwargs.get("fluency_max_new_tokens", 0)
     success_tokens = score_kwargs.get("success_max_new_tokens", 0)

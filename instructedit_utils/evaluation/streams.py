@@ -4,8 +4,9 @@
 
 For a stream of requests ``r_1 … r_T`` (:func:`evaluate_stream`):
 
-* **right after each edit** ``t``: request ``r_t`` scored on the model holding edits ``1 … t`` (``when = "edit"``),
-  teacher forced only (every edit, so it stays cheap);
+* **right after each edit** ``t``: request ``r_t``'s Reliability on the model holding edits ``1 … t``
+  (``when = "edit"``), teacher forced, without its rephrases and locality probes (every edit, so it stays cheap;
+  those are measured at the checkpoints);
 * **at each checkpoint** ``t`` (a logarithmic set, :func:`checkpoints`): every request so far, ``r_1 … r_t``,
   scored in shared batches — Reliability as retention of the earlier edits, Generalization, Locality against the
   unedited model (``when = "retention"``); at the last checkpoint (the stream's end) with every scoring option,
@@ -20,11 +21,13 @@ Every row is one flat dict (``stream``, ``method``, ``editor``, ``when``, ``afte
 ``base/<metric>``). With a run folder the rows of a finished stream are written at once to ``<name>.jsonl`` with its
 settings (other settings are refused) and a rerun reads them instead of editing again; a stream killed half way is
 recomputed from its start (its edits depend on every earlier one). The model is as before when the stream ends.
+Several streams of one method (:func:`evaluate_streams`) whose edits are weight deltas generate their ends together,
+many edited models per batch, and are written as such a group finishes.
 
 **Batch editing** (:func:`evaluate_batches`): the requests in consecutive groups of ``k``, each group one edit call
 (:meth:`~instructedit_utils.methods.registry.EditingMethod.batch_deltas`), every request of the group scored on the
 model holding that one edit; rows carry ``batch/size`` and ``batch/index`` and go to ``<name>_k<k>.jsonl``
-(resumable by group).
+(resumable by chunk of whole groups, whose edited models generate together).
 """
 from __future__ import annotations
 
@@ -38,8 +41,9 @@ from ..models.batches import score_split
 from ..models.deltas import applied, nonfinite
 from ..models.metrics import encode_pair, perplexity, perplexity_of
 from ..util.runs import RunFolder
-from .harness import GENERATION_OPTIONS, UneditedScores, base_fields, case_settings, resumable_cases
-from .scoring import score_requests
+from .harness import (UneditedScores, base_fields, case_settings, edits_by_deltas, generate_edited_fields, generates,
+                      resumable_cases, teacher_forced)
+from .scoring import GENERATION_DELTA_BYTES, score_requests
 
 #: the checkpoints a stream is measured at (those up to its length, and its length)
 CHECKPOINTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -66,22 +70,66 @@ def evaluate_stream(method: EditingMethod, model, tokenizer, requests: Sequence[
     (:class:`~.harness.UneditedScores`); ``lower_states``, a dict the caller keeps, the split runner's lower states
     for every stream of the same method (they do not depend on the edits). Returns the rows (also those of a finished
     stream read back from ``run``)."""
+    return evaluate_streams(method, model, tokenizer, [requests], names=[name or f"stream_{method.name}"],
+                            points=points, probes=probes, run=run, settings=settings, split=split, unedited=unedited,
+                            lower_states=lower_states, **score_kwargs)[0]
+
+
+def evaluate_streams(method: EditingMethod, model, tokenizer, streams: Sequence[Sequence[EditRequest]], *,
+                     names: Sequence[str], points: Sequence[int] = CHECKPOINTS,
+                     probes: tuple[Sequence[str], Sequence[str]] | None = None, run: RunFolder | None = None,
+                     settings: dict[str, Any] | None = None, split: bool = True,
+                     unedited: UneditedScores | None = None, lower_states: dict | None = None,
+                     **score_kwargs) -> list[list[dict[str, Any]]]:
+    """Several streams of one method, each as :func:`evaluate_stream` would score it alone (``names[i]`` names
+    ``streams[i]``'s file), returning their rows in order.
+
+    Where the method's edits are weight deltas and more than one stream is still to run, the generation-based
+    measures of the streams' ends are computed together: each ended stream keeps its edits as one set of deltas
+    (:meth:`~instructedit_utils.methods.registry.EditStream.deltas`) and the edited models of up to
+    :data:`~.scoring.GENERATION_DELTA_BYTES` of kept deltas generate in shared batches
+    (:func:`~.harness.generate_edited_fields`, equal to generating under each stream's weights up to float rounding).
+    A file is then written when its group has generated (a killed run recomputes the streams of that group)."""
+    if len(names) != len(streams):
+        raise ValueError(f"evaluate_streams: {len(streams)} streams but {len(names)} names")
+    ready = [_prepare(run, name, requests, points, probes, settings, score_kwargs)
+             for name, requests in zip(names, streams)]
+    todo = [i for i, (_, _, written) in enumerate(ready) if not _ended(written)]
+    defer = len(todo) > 1 and generates(score_kwargs) and edits_by_deltas(method)
+    out: dict[int, list[dict[str, Any]]] = {i: ready[i][2] for i in range(len(streams)) if i not in todo}
+    pending: list[tuple[int, list[dict[str, Any]], dict | None]] = []
+    for i in todo:
+        rows, deltas = _run_stream(method, model, tokenizer, streams[i], ready[i][0], probes, split, score_kwargs,
+                                   unedited, lower_states, defer)
+        pending.append((i, rows, deltas))
+        if not defer or i == todo[-1] or sum(_nbytes(d) for _, _, d in pending) >= GENERATION_DELTA_BYTES:
+            if defer:
+                _generate_ends(model, tokenizer, [(streams[j], rows, d) for j, rows, d in pending], score_kwargs)
+            for j, rows, _ in pending:
+                out[j] = _write(run, method, names[j], rows, *ready[j][1:])
+            pending.clear()
+    return [out[i] for i in range(len(streams))]
+
+
+def _prepare(run: RunFolder | None, name: str, requests: Sequence[EditRequest], points: Sequence[int], probes,
+             settings: dict[str, Any] | None, score_kwargs: dict[str, Any]):
+    """A stream's checkpoints, its settings stamp in ``run`` (other settings there are refused) and the rows
+    ``run`` already holds."""
     if not requests:
         raise ValueError("evaluate_stream needs at least one request")
     if len({r.case_id for r in requests}) != len(requests):
         raise ValueError("a stream edits each record once: its requests repeat a case_id")
-    name = name or f"stream_{method.name}"
     marks = checkpoints(len(requests), points)
-    stamp, written = None, []
-    if run is not None:
-        stamp = run.check_settings(name, {**case_settings(requests, score_kwargs, settings),
-                                          "stream/points": list(marks),
-                                          "stream/probes": len(probes[0]) if probes else 0})
-        written = run.read_cases(name)
-        if _ended(written):
-            return written
-    rows = _run_stream(method, model, tokenizer, requests, marks, probes, split, score_kwargs, unedited,
-                       lower_states)
+    if run is None:
+        return marks, None, []
+    stamp = run.check_settings(name, {**case_settings(requests, score_kwargs, settings),
+                                      "stream/points": list(marks), "stream/probes": len(probes[0]) if probes else 0})
+    return marks, stamp, run.read_cases(name)
+
+
+def _write(run: RunFolder | None, method: EditingMethod, name: str, rows: list[dict[str, Any]], stamp,
+           written: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stream's rows with their head, written to ``<name>.jsonl`` of ``run`` (a torn earlier file replaced)."""
     head = {"stream": name, "method": method.name, "editor": method.fingerprint}
     rows = [{**head, **row} for row in rows]
     if run is not None:
@@ -89,6 +137,25 @@ def evaluate_stream(method: EditingMethod, model, tokenizer, requests: Sequence[
             run.cases_path(name).unlink()  # a torn stream: its rows are recomputed as a whole
         run.append_cases(name, [{**row, "settings": stamp} for row in rows])
     return rows
+
+
+def _nbytes(deltas: dict | None) -> int:
+    return sum(d.numel() * d.element_size() for d in deltas.values()) if deltas else 0
+
+
+def _generate_ends(model, tokenizer, ended: Sequence[tuple[Sequence[EditRequest], list[dict[str, Any]], dict | None]],
+                   score_kwargs: dict[str, Any]) -> None:
+    """The generation fields of the streams' last retention rows, every stream's edited model generating in shared
+    batches (a broken stream has no such rows)."""
+    part, cases, deltas = [], [], []
+    for requests, rows, total in ended:
+        last = [r for r in rows if r["when"] == "retention" and r["after"] == len(requests)]
+        if last:
+            part += list(requests)
+            cases += last
+            deltas += [total] * len(last)
+    if part:
+        generate_edited_fields(model, tokenizer, part, deltas, cases, score_kwargs)
 
 
 class UneditedSubset:
@@ -137,37 +204,43 @@ def _unedited_scores(unedited, model, tokenizer, requests: Sequence[EditRequest]
 
 def _run_stream(method: EditingMethod, model, tokenizer, requests: Sequence[EditRequest], marks: tuple[int, ...],
                 probes, split: bool, score_kwargs: dict[str, Any], unedited: UneditedScores | None,
-                lower_states: dict | None) -> list[dict[str, Any]]:
-    """The rows of one stream (without its head): the unedited scores first, then edit by edit. With a split
-    scorer the lower states are computed once per prompt for the whole stream (no edit touches those blocks)."""
+                lower_states: dict | None, defer: bool = False) -> tuple[list[dict[str, Any]], dict | None]:
+    """The rows of one stream (without its head): the unedited scores first, then edit by edit; with ``defer`` the
+    stream's end is scored teacher forced only and its edits come back as one set of deltas for the generation
+    (else None). With a split scorer the lower states are computed once per prompt for the whole stream (no edit
+    touches those blocks)."""
     scorer, runner = _scorer(method, model, tokenizer, requests, split, score_kwargs)
     with runner.reusing_states(lower_states) if runner is not None else contextlib.nullcontext():
         base = _unedited_scores(unedited, model, tokenizer, requests, scorer, score_kwargs)
-        return _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs, base)
+        return _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs, base, defer)
 
 
-def _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs, unedited
-                 ) -> list[dict[str, Any]]:
+def _stream_rows(method, model, tokenizer, requests, marks, probes, scorer, score_kwargs, unedited, defer
+                 ) -> tuple[list[dict[str, Any]], dict | None]:
     base_cases, reference = unedited
     base = {c["case_id"]: base_fields(c) for c in base_cases}
     rows = _probe_rows(model, tokenizer, probes, 0, scorer, score_kwargs)
-    quick = {**score_kwargs, **dict.fromkeys(GENERATION_OPTIONS, 0)}  # teacher forced only
+    quick = teacher_forced(score_kwargs)
+    reliability = {**quick, "max_rephrases": 0, "max_probes": 0}  # right after an edit: its own prompt only
+    end = quick if defer else score_kwargs  # generation-based measures only once the stream has ended
     with method.stream(model, tokenizer) as stream:
         for t, request in enumerate(requests, 1):
             try:
                 stream.add(request)
             except StreamBroken as exc:
                 return rows + [{"when": "broken", "after": t, "position": t, "case_id": request.case_id,
-                                "error": exc.reason}]
-            case = score_requests(model, tokenizer, [request], reference=reference, scorer=scorer, **quick)[0][0]
+                                "error": exc.reason}], None
+            case = score_requests(model, tokenizer, [request], reference=reference, scorer=scorer,
+                                  **reliability)[0][0]
             rows.append({"when": "edit", "after": t, "position": t, **case, **base[request.case_id]})
-            if t in marks:  # generation-based measures only once the stream has ended
+            if t in marks:
                 cases = score_requests(model, tokenizer, requests[:t], reference=reference, scorer=scorer,
-                                       **(score_kwargs if t == len(requests) else quick))[0]
+                                       **(end if t == len(requests) else quick))[0]
                 rows += [{"when": "retention", "after": t, "position": i, **c, **base[c["case_id"]]}
                          for i, c in enumerate(cases, 1)]
                 rows += _probe_rows(model, tokenizer, probes, t, scorer, score_kwargs)
-    return rows + [{"when": "done", "after": len(requests)}]
+        deltas = stream.deltas() if defer else None
+    return rows + [{"when": "done", "after": len(requests)}], deltas
 
 
 def _scorer(method: EditingMethod, model, tokenizer, requests, split: bool, score_kwargs: dict[str, Any]):
@@ -195,9 +268,13 @@ def _probe_rows(model, tokenizer, probes, after: int, scorer, score_kwargs: dict
 
 def evaluate_batches(method: EditingMethod, model, tokenizer, requests: Sequence[EditRequest], sizes: Sequence[int], *,
                      run: RunFolder | None = None, name: str | None = None, settings: dict[str, Any] | None = None,
-                     split: bool = True, **score_kwargs) -> list[dict[str, Any]]:
+                     split: bool = True, unedited: UneditedScores | None = None,
+                     **score_kwargs) -> list[dict[str, Any]]:
     """Batch editing (see the module docstring) for every group size ``k`` of ``sizes``; every ``k`` must divide
-    the number of requests, so that each size edits the same requests. Returns the rows of all sizes."""
+    the number of requests, so that each size edits the same requests. Groups are scored in chunks of whole groups
+    (``batch_size`` requests, at least one group): a chunk of several groups generates under their edits in shared
+    batches (:func:`~.harness.generate_edited_fields`). ``unedited`` as in :func:`evaluate_stream`. Returns the rows
+    of all sizes."""
     bad = [k for k in sizes if k < 1 or len(requests) % k]
     if not requests or bad:
         raise ValueError(f"batch sizes {bad} do not divide the {len(requests)} requests into whole groups")
@@ -205,23 +282,39 @@ def evaluate_batches(method: EditingMethod, model, tokenizer, requests: Sequence
     scorer, runner = _scorer(method, model, tokenizer, requests, split, score_kwargs)
     rows = []
     positions = {r.case_id: i for i, r in enumerate(requests)}
+    batch_size = score_kwargs.get("batch_size", 16)
     with runner.reusing_states() if runner is not None else contextlib.nullcontext():
-        base_cases, reference = score_requests(model, tokenizer, requests, scorer=scorer, **score_kwargs)
+        base_cases, reference = _unedited_scores(unedited, model, tokenizer, requests, scorer, score_kwargs)
         base = {c["case_id"]: base_fields(c) for c in base_cases}
         for k in sizes:
-            def score_group(group: list[EditRequest], k=k) -> list[dict[str, Any]]:
-                deltas = method.batch_deltas(model, tokenizer, group)
-                bad = nonfinite(deltas)
-                if bad:
-                    raise FloatingPointError(f"{method.name}: non-finite weight change of {bad} in the batch edit of "
-                                             f"{k} requests starting at {group[0].case_id!r}")
-                with applied(model, deltas):
-                    cases = score_requests(model, tokenizer, group, reference=reference, scorer=scorer,
-                                           **score_kwargs)[0]
-                index = positions[group[0].case_id] // k
-                return [{"method": method.name, "editor": method.fingerprint, "batch/size": k, "batch/index": index,
-                         **c, **base[c["case_id"]]} for c in cases]
+            def score_chunk(part: list[EditRequest], k=k) -> list[dict[str, Any]]:
+                groups = [part[i:i + k] for i in range(0, len(part), k)]
+                cases = _score_groups(method, model, tokenizer, groups, reference, scorer, score_kwargs)
+                return [{"method": method.name, "editor": method.fingerprint, "batch/size": k,
+                         "batch/index": positions[c["case_id"]] // k, **c, **base[c["case_id"]]} for c in cases]
 
-            rows += resumable_cases(requests, score_group, run, f"{name}_k{k}", chunk=k,
+            chunk = k * max(1, batch_size // k)
+            rows += resumable_cases(requests, score_chunk, run, f"{name}_k{k}", chunk=chunk,
                                     settings={**case_settings(requests, score_kwargs, settings), "batch/size": k})
     return rows
+
+
+def _score_groups(method: EditingMethod, model, tokenizer, groups: Sequence[Sequence[EditRequest]], reference,
+                  scorer, score_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each group edited in one call and its requests scored on the model holding that edit; with several groups
+    the generation-based measures afterwards, every group's edited model generating in shared batches."""
+    together = len(groups) > 1 and generates(score_kwargs)
+    cases, deltas = [], []
+    for group in groups:
+        change = method.batch_deltas(model, tokenizer, group)
+        bad = nonfinite(change)
+        if bad:
+            raise FloatingPointError(f"{method.name}: non-finite weight change of {bad} in the batch edit of "
+                                     f"{len(group)} requests starting at {group[0].case_id!r}")
+        with applied(model, change):
+            cases += score_requests(model, tokenizer, group, reference=reference, scorer=scorer,
+                                    **(teacher_forced(score_kwargs) if together else score_kwargs))[0]
+        deltas += [change] * len(group)
+    if together:
+        generate_edited_fields(model, tokenizer, [r for g in groups for r in g], deltas, cases, score_kwargs)
+    return cases

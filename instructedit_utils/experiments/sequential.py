@@ -12,13 +12,16 @@ SequenceConfig`), on the harness's streams and batches (:mod:`instructedit_utils
   call per group, for the hypernetwork editors of ``batch_methods``.
 
 Files: ``<run_dir>/streams/stream_<method>_<setting>_s<seed>_T<T>_<i>.jsonl`` and
-``<run_dir>/batches/batches_<method>_s<seed>_k<k>.jsonl`` (rows with their settings; resumable by stream and by
-group). Jobs with unfinished files run side by side in ``cfg.workers`` processes, the slowest first; the notebook and
-``instructedit-eval sequential`` then read them back.
+``<run_dir>/batches/batches_<method>_s<seed>_k<k>.jsonl`` (rows with their settings; resumable by stream, or by the
+group of streams generating together, and by chunk of batch groups). A job is one method on one setting (every
+length: the unedited scores and lower states are shared) or one editor's batches; jobs with unfinished files run
+side by side in ``cfg.workers`` processes, the slowest first, each adding its seconds to
+``<run_dir>/job_seconds.jsonl``; the notebook and ``instructedit-eval sequential`` then read them back.
 """
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,15 +32,17 @@ from ..data.records import EditRecord
 from ..data.tasks import load_task, sample, task_spec
 from ..evaluation.harness import UneditedScores
 from ..evaluation.requests import task_requests
-from ..evaluation.streams import UneditedSubset, evaluate_batches, evaluate_stream, stream_finished
+from ..evaluation.streams import UneditedSubset, evaluate_batches, evaluate_streams, stream_finished
 from ..methods.registry import CONFIGS, EditingMethod
 from ..util.runs import RunFolder
 from .settings import run_in_workers, worker_method
 
 STREAMS_DIR, BATCHES_DIR = "streams", "batches"
-#: the methods that optimise each edit, the slowest first (``benchmarks/bench_levers.py --levers baselines``: CaliNet's
-#: 25 steps cost about 1.4 s an edit on SmolLM2, GRACE's about 1 s, FT-L's about 0.4 s)
-SLOWEST = ("calinet", "grace", "ft-l")
+JOB_SECONDS = "job_seconds"  # <run_dir>/job_seconds.jsonl: each job's seconds in its worker (the cost page)
+#: the methods whose edits take many optimisation steps, the slowest first: their jobs start first
+#: (``benchmarks/bench_levers.py --levers baselines``: CaliNet's 25 steps cost about 1.4 s an edit on SmolLM2, GRACE's
+#: about 1 s; FT-L stops at its loss plateau and its streams cost about what MEND's do, see ``job_seconds.jsonl``)
+SLOWEST = ("calinet", "grace")
 
 
 def stream_tasks(cfg: ExperimentConfig, setting: str) -> tuple[str, ...]:
@@ -94,32 +99,32 @@ def probe_pair(record: EditRecord) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class StreamJob:
-    """One method's streams of one length on one setting's records of one seed."""
+    """One method's streams of every length on one setting's records of one seed: the unedited scores and the
+    lower states of the records are computed once for all of them."""
 
     cfg: ExperimentConfig
     name: str
     setting: str
     seed: int
-    length: int
-
-    def file(self, index: int) -> str:
-        return f"stream_{self.name}_{self.setting}_s{self.seed}_T{self.length}_{index}"
 
     @property
-    def streams(self) -> int:
-        return self.cfg.sequence.covered(self.length) // self.length
+    def label(self) -> str:
+        return f"streams {self.name} {self.setting} s{self.seed}"
 
-    @property
-    def longest(self) -> bool:
-        return self.length == self.cfg.sequence.records
+    def file(self, length: int, index: int) -> str:
+        return f"stream_{self.name}_{self.setting}_s{self.seed}_T{length}_{index}"
+
+    def streams(self, length: int) -> int:
+        return self.cfg.sequence.covered(length) // length
 
     def finished(self) -> bool:
         folder = RunFolder(Path(self.cfg.run_dir) / STREAMS_DIR)
-        return all(stream_finished(folder, self.file(i)) for i in range(self.streams))
+        return all(stream_finished(folder, self.file(t, i))
+                   for t in self.cfg.sequence.stream_lengths for i in range(self.streams(t)))
 
     def run(self, model, tokenizer, method: EditingMethod) -> list[dict[str, Any]]:
-        """Every stream of this job (finished ones read back); rows with ``setting``, ``seed``, ``stream/length`` and
-        ``stream/index``."""
+        """Every stream of this job (finished ones read back), the longest first; rows with ``setting``, ``seed``,
+        ``stream/length`` and ``stream/index``."""
         cfg = self.cfg
         folder = RunFolder(Path(cfg.run_dir) / STREAMS_DIR)
         requests = stream_requests(cfg, method, self.setting, self.seed)
@@ -129,16 +134,18 @@ class StreamJob:
                                  method, kwargs, lower_states=states)
         settings = {**cfg.case_settings(stream_tasks(cfg, self.setting), instructions=method.use_instructions),
                     "stream/setting": self.setting, "stream/seed": self.seed}
-        probes = probe_texts(cfg) if self.longest else None
         rows = []
-        for i in range(self.streams):
-            part = requests[i * self.length:(i + 1) * self.length]
-            points = cfg.sequence.stream_points if self.longest else ()
-            out = evaluate_stream(method, model, tokenizer, part, points=points, probes=probes, run=folder,
-                                  name=self.file(i), settings=settings, unedited=base, lower_states=states,
-                                  **kwargs)
-            rows += [{**r, "setting": self.setting, "seed": self.seed, "stream/length": self.length,
-                      "stream/index": i} for r in out]
+        for length in reversed(cfg.sequence.stream_lengths):
+            longest = length == cfg.sequence.records
+            n = self.streams(length)
+            out = evaluate_streams(method, model, tokenizer,
+                                   [requests[i * length:(i + 1) * length] for i in range(n)],
+                                   names=[self.file(length, i) for i in range(n)],
+                                   points=cfg.sequence.stream_points if longest else (),
+                                   probes=probe_texts(cfg) if longest else None, run=folder, settings=settings,
+                                   unedited=base, lower_states=states, **kwargs)
+            rows += [{**r, "setting": self.setting, "seed": self.seed, "stream/length": length, "stream/index": i}
+                     for i, stream in enumerate(out) for r in stream]
         return rows
 
 
@@ -149,6 +156,10 @@ class BatchJob:
     cfg: ExperimentConfig
     name: str
     seed: int
+
+    @property
+    def label(self) -> str:
+        return f"batches {self.name} s{self.seed}"
 
     @property
     def file(self) -> str:
@@ -162,32 +173,46 @@ class BatchJob:
     def run(self, model, tokenizer, method: EditingMethod) -> list[dict[str, Any]]:
         cfg = self.cfg
         seq = cfg.sequence
-        requests = stream_requests(cfg, method, "training", self.seed)[:max(seq.batch_sizes)]
+        every = stream_requests(cfg, method, "training", self.seed)
+        requests = every[:max(seq.batch_sizes)]
         settings = {**cfg.case_settings(cfg.tasks, instructions=method.use_instructions), "stream/seed": self.seed}
+        kwargs = cfg.score_kwargs()
+        # the unedited scores of the training streams' records (computed here if no stream job has yet)
+        base = UneditedSubset.of(UneditedScores(Path(cfg.run_dir) / STREAMS_DIR / "unedited", model, kwargs), every,
+                                 model, tokenizer, method, kwargs)
         rows = evaluate_batches(method, model, tokenizer, requests, seq.batch_sizes,
                                 run=RunFolder(Path(cfg.run_dir) / BATCHES_DIR), name=self.file, settings=settings,
-                                **cfg.score_kwargs())
+                                unedited=base, **kwargs)
         return [{**r, "setting": "training", "seed": self.seed} for r in rows]
 
 
 def jobs(cfg: ExperimentConfig, names: Sequence[str]) -> list[StreamJob | BatchJob]:
-    """Every stream and batch job of ``names`` (``base`` left out: it makes no edit), the slowest first: the
-    methods that optimise each edit (:data:`SLOWEST`), then the hypernetwork editors, batches last."""
+    """Every stream and batch job of ``names`` (``base`` left out: it makes no edit), roughly the slowest first
+    (workers take them in this order): the methods of :data:`SLOWEST`, then the trained editors, then the other
+    methods, batches last."""
     seq = cfg.sequence
-    slow = sorted((n for n in names if n in CONFIGS and n != "base"),
-                  key=lambda n: SLOWEST.index(n) if n in SLOWEST else len(SLOWEST))
-    fast = [n for n in names if n not in CONFIGS and n != "base"]
-    out: list[StreamJob | BatchJob] = [StreamJob(cfg, name, setting, seed, length)
-                                       for name in slow + fast for setting in seq.stream_settings
-                                       if seq.streams_of(name, setting)
-                                       for seed in seq.stream_seeds for length in reversed(seq.stream_lengths)]
+    slow = [n for n in SLOWEST if n in names]
+    trained = [n for n in names if n not in CONFIGS and n != "base"]
+    other = [n for n in names if n in CONFIGS and n not in SLOWEST and n != "base"]
+    out: list[StreamJob | BatchJob] = [StreamJob(cfg, name, setting, seed)
+                                       for name in slow + trained + other for setting in seq.stream_settings
+                                       if seq.streams_of(name, setting) for seed in seq.stream_seeds]
     out += [BatchJob(cfg, name, seed) for name in seq.batch_methods if name in names for seed in seq.stream_seeds]
     return out
 
 
 def _worker(job: StreamJob | BatchJob, threads: int) -> None:
     model, tokenizer, method = worker_method(job.cfg, job.name, threads)
-    job.run(model, tokenizer, method)
+    _timed(job, model, tokenizer, method, threads)
+
+
+def _timed(job: StreamJob | BatchJob, model, tokenizer, method: EditingMethod, threads: int) -> list[dict[str, Any]]:
+    """``job.run``, its seconds added to ``<run_dir>/job_seconds.jsonl``."""
+    start = time.perf_counter()
+    rows = job.run(model, tokenizer, method)
+    RunFolder(job.cfg.run_dir).append_cases(JOB_SECONDS, [{"job": job.label, "threads": threads,
+                                                           "seconds": round(time.perf_counter() - start, 1)}])
+    return rows
 
 
 def evaluate(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, EditingMethod]
@@ -201,8 +226,17 @@ def evaluate(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Edit
         run_in_workers(cfg, _worker, todo)
     streams, batches = [], []
     for job in jobs(cfg, list(methods)):
-        rows = job.run(model, tokenizer, methods[job.name])
+        if job.finished():
+            rows = job.run(model, tokenizer, methods[job.name])
+        else:  # one process: the jobs run here
+            rows = _timed(job, model, tokenizer, methods[job.name], cfg.model.num_threads or 1)
         (streams if isinstance(job, StreamJob) else batches).extend(rows)
     return streams, batches
+
+
+def job_seconds(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """The seconds each job of this run folder took where it ran (``job``, ``threads``, ``seconds``; a job run
+    again after a kill has one row per run)."""
+    return RunFolder(cfg.run_dir).read_cases(JOB_SECONDS)
 
 

@@ -36,6 +36,7 @@ import hashlib
 import json
 from typing import Any, Callable, Iterator
 
+import torch
 from torch import nn
 
 from ..config.options import OPTIONS
@@ -192,10 +193,21 @@ class EditStream:
     def _add(self, request: EditRequest) -> None:
         raise NotImplementedError
 
+    def deltas(self) -> dict[str, torch.Tensor] | None:
+        """Every edit so far as one set of weight deltas (their sum), for streams whose edits are weight deltas
+        (the harness then generates for many streams in one batch); None for the others."""
+        return None
+
 
 class DeltaStream(EditStream):
     """Weight deltas stacked in place (each by :func:`~instructedit_utils.models.deltas.applied`, undone in reverse
-    order on exit): MEND, InstructEdit, KE and FT-L."""
+    order on exit): MEND, InstructEdit, KE and FT-L. :meth:`deltas` keeps their running sum."""
+
+    def start(self) -> None:
+        self.total: dict[str, torch.Tensor] = {}
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        return dict(self.total)
 
     def _add(self, request: EditRequest) -> None:
         deltas = self.method.weight_deltas(self.model, self.tokenizer, request)
@@ -203,6 +215,9 @@ class DeltaStream(EditStream):
         if bad:
             raise FloatingPointError(f"{self.method.name}: non-finite weight change of {bad}")
         self.stack.enter_context(applied(self.model, deltas))
+        for name, delta in deltas.items():
+            delta = delta.detach()
+            self.total[name] = self.total[name] + delta if name in self.total else delta.clone()
         params = dict(self.model.named_parameters())
         bad = nonfinite({n: params[n] for n in deltas})
         if bad:

@@ -40,10 +40,10 @@ def test_jobs_cover_every_stream_and_batch_and_read_back_what_they_wrote(tiny_ll
     methods = {"mend": registry.build("mend", model, tok, editor=tiny_editor(model, False), name="mend"),
                "ft-l": registry.build("ft-l", model, tok, default_layers=(2, 3), steps=2)}
     jobs = sequential.jobs(cfg, list(methods))
-    described = [(j.name, getattr(j, "setting", "batch"), getattr(j, "length", None)) for j in jobs]
-    assert described[0] == ("ft-l", "training", 6)  # the slowest first, the longest stream first
-    assert ("ft-l", "holdout", 6) not in described and ("mend", "holdout", 1) in described
-    assert described[-1] == ("mend", "batch", None)
+    described = [(j.name, getattr(j, "setting", "batch")) for j in jobs]
+    assert described == [("mend", "training"), ("mend", "holdout"), ("ft-l", "training"), ("mend", "batch")]
+    names = [j.name for j in sequential.jobs(cfg, ["ft-l", "grace", "mend", "calinet", "base"])]
+    assert names[:2] == ["calinet", "grace"] and names[-1] == "mend" and "base" not in names
     streams, batches = sequential.evaluate(cfg, model, tok, methods)
     ended = [r for r in streams if r["when"] == "retention" and r["after"] == r["stream/length"]]
     counts = {(r["method"], r["setting"], r["stream/length"]) for r in ended}
@@ -53,6 +53,9 @@ def test_jobs_cover_every_stream_and_batch_and_read_back_what_they_wrote(tiny_ll
     assert all("edit/natural_em" in r for r in ended if r["task"] != "convsent")
     assert {r["batch/size"] for r in batches} == {1, 2} and len(batches) == 4
     assert all(j.finished() for j in jobs)
+    timed = sequential.job_seconds(cfg)
+    assert [t["job"] for t in timed] == [j.label for j in jobs] and all(t["seconds"] > 0 for t in timed)
     again, _ = sequential.evaluate(cfg, model, tok, methods)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "settings"} for r in rows]
     assert strip(again) == strip(streams)
+    assert len(sequential.job_seconds(cfg)) == len(jobs)  # read back: nothing ran again

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from helpers import tiny_editor
+from instructedit_utils.evaluation import streams as streams_module
 from instructedit_utils.evaluation.harness import evaluate_method
 from instructedit_utils.evaluation.requests import build_requests
-from instructedit_utils.evaluation.streams import checkpoints, evaluate_stream
+from instructedit_utils.evaluation.streams import checkpoints, evaluate_batches, evaluate_stream, evaluate_streams
 from instructedit_utils.methods import registry
 from instructedit_utils.methods.registry import EditingMethod, StreamBroken
 from instructedit_utils.models.deltas import applied
@@ -158,10 +159,70 @@ def test_retention_after_one_edit_equals_the_single_edit_result(tiny_llama):
     assert {k: retained[0][k] for k in metrics} == {k: single[k] for k in metrics}
     edit_row = next(r for r in rows if r["when"] == "edit")
     assert edit_row["edit/acc"] == single["edit/acc"] and "edit/natural_em" not in edit_row  # teacher forced only
+    assert "gen/acc" not in edit_row and "loc/acc" not in edit_row  # Reliability only: the rest at the checkpoints
     only_edit = evaluate_stream(method, model, tok, req, **kw, natural_rephrases=0)
     final = [r for r in only_edit if r["when"] == "retention"][0]
     assert final["edit/natural_em"] == single["edit/natural_em"] and "gen/natural_em" not in final
     assert "gen/natural_em" in single
+
+
+def test_a_delta_streams_deltas_are_what_it_left_on_the_model(tiny_llama):
+    model, tok = tiny_llama
+    reqs = build_requests(_records()[:3], instructions=False)
+    method = registry.build("ft-l", model, tok, **FTL)
+    before = _state(model)
+    with method.stream(model, tok) as stream:
+        for r in reqs:
+            stream.add(r)
+        total, after = stream.deltas(), _state(model)
+    assert total and all(torch.allclose(before[k] + total[k], after[k], atol=1e-6) for k in total)
+    assert any(total[k].abs().max() > 1e-4 for k in total)
+    grace = registry.build("grace", model, tok, default_layers=(2, 3), eps_init=0.05, steps=2, lr=1.0, stop_loss=None)
+    with grace.stream(model, tok) as stream:
+        stream.add(reqs[0])
+        assert stream.deltas() is None  # a codebook is no weight change
+
+
+def _fields(rows, prefixes=("edit/", "gen/", "loc/", "base/")):
+    return [{k: v for k, v in r.items() if k.startswith(prefixes)} for r in rows if r["when"] == "retention"]
+
+
+def test_streams_of_deltas_generate_together_what_each_stream_generates_alone(tiny_llama, monkeypatch):
+
+    model, tok = tiny_llama
+    reqs = build_requests(_records(), instructions=False)
+    kw = dict(max_rephrases=1, max_probes=1, natural_max_new_tokens=5, batch_size=4)
+    method = registry.build("ft-l", model, tok, **FTL)
+    alone = [evaluate_stream(method, model, tok, reqs[i:i + 2], points=(), **kw) for i in (0, 2)]
+    calls = []
+    real = streams_module.generate_edited_fields
+    monkeypatch.setattr(streams_module, "generate_edited_fields", lambda *a: calls.append(len(a[2])) or real(*a))
+    together = evaluate_streams(method, model, tok, [reqs[0:2], reqs[2:4]], names=["a", "b"], points=(), **kw)
+    assert calls == [4]  # both streams' ends in one generation
+    for one, joint in zip(alone, together):
+        a, b = _fields(one), _fields(joint)
+        assert [x.keys() for x in a] == [x.keys() for x in b] and "edit/natural_em" in a[0]
+        for x, y in zip(a, b):
+            assert {k: v for k, v in x.items() if "natural" not in k} == pytest.approx(
+                {k: v for k, v in y.items() if "natural" not in k}, abs=1e-5)
+            assert {k: v for k, v in x.items() if "natural" in k} == {k: v for k, v in y.items() if "natural" in k}
+    with pytest.raises(ValueError, match="2 streams but 1 names"):
+        evaluate_streams(method, model, tok, [reqs[0:2], reqs[2:4]], names=["a"])
+
+
+def test_batch_groups_generate_together_what_each_group_generates_alone(tiny_llama):
+    model, tok = tiny_llama
+    reqs = build_requests(_records(), instructions=False)
+    method = registry.build("mend", model, tok, editor=tiny_editor(model, False))
+    kw = dict(max_rephrases=1, max_probes=1, natural_max_new_tokens=5)
+    alone = evaluate_batches(method, model, tok, reqs, (1, 2), batch_size=1, **kw)  # a chunk per group
+    together = evaluate_batches(method, model, tok, reqs, (1, 2), batch_size=4, **kw)  # every group in one chunk
+    assert len(alone) == len(together) == 8
+    for x, y in zip(alone, together):
+        assert (x["case_id"], x["batch/size"], x["batch/index"]) == (y["case_id"], y["batch/size"], y["batch/index"])
+        assert x["edit/acc"] == pytest.approx(y["edit/acc"], abs=1e-6)
+        assert {k: v for k, v in x.items() if "natural" in k} == {k: v for k, v in y.items() if "natural" in k}
+    assert "edit/natural_em" in together[0]
 
 
 def test_a_finished_stream_is_read_back_and_other_settings_are_refused(tiny_llama, tmp_path):
@@ -278,7 +339,6 @@ def test_ke_and_the_optimisers_say_they_have_no_batch_edit(tiny_llama):
 
 
 def test_batches_of_one_are_the_single_edit_harness_and_resume_by_group(tiny_llama, tmp_path):
-    from instructedit_utils.evaluation.streams import evaluate_batches
 
     model, tok = tiny_llama
     reqs = build_requests(_records(), instructions=False)
