@@ -12,11 +12,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import torch
-
 from ..data.instructions import EditRequest
 from ..methods.registry import EditingMethod, Unedited
 from ..models.deltas import applied
+from ..models.loading import model_fingerprint
 from ..models.batches import score_split
 from ..models.metrics import TargetScore
 from ..util.runs import RunFolder, atomic_write_text
@@ -96,16 +95,6 @@ def resumable_cases(requests: Sequence[EditRequest], score_chunk: Callable[[list
         return fresh
     wanted = {r.case_id for r in requests}
     return [c for c in run.read_cases(name) if c["case_id"] in wanted]
-
-
-def model_fingerprint(model) -> str:
-    """A digest of a model's identity and weights (name, dtype, every parameter's shape and float64 sum): unedited
-    scores computed for one model are never reused for another."""
-    digest = hashlib.sha256(str(getattr(model.config, "_name_or_path", "")).encode())
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            digest.update(f"{key}:{tuple(param.shape)}:{param.dtype}:{param.double().sum().item()!r}".encode())
-    return digest.hexdigest()[:16]
 
 
 class UneditedScores:

@@ -390,3 +390,13 @@ def load_model(name: str = "smollm2-135m", device: str = "cpu", dtype: str = "fl
     model.to(device=device, dtype=_DTYPES[dtype]).eval()
     set_lower_dtype(model, lower_dtype)
     return model, tokenizer
+
+
+def model_fingerprint(model) -> str:
+    """A digest of a model's identity and weights (name, dtype, every parameter's shape and float64 sum): what is
+    computed for one model (unedited scores, key statistics) is never reused for another."""
+    digest = hashlib.sha256(str(getattr(model.config, "_name_or_path", "")).encode())
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            digest.update(f"{key}:{tuple(param.shape)}:{param.dtype}:{param.double().sum().item()!r}".encode())
+    return digest.hexdigest()[:16]
