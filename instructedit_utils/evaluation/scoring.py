@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..data.instructions import EditRequest
-from ..models.deltas import applied_per_row
+from ..models.deltas import applied_per_row, nbytes
 from ..models.metrics import (Encoded, TargetScore, encode_pair, fluency, generate, generation_success,
                               locality_agreement, natural_success, score_encoded, sentiment_edit_success,
                               sentiment_success)
@@ -275,7 +275,7 @@ def generate_edited(model, tokenizer, prompts: Sequence[str], deltas: Sequence[M
     costs about as much as a step of 16 rows (each step reads every weight once), so one batch replaces up to
     ``batch_size`` generations. Batches hold at most :data:`GENERATION_DELTA_BYTES` of stacked deltas. Same text as
     generating under each edit alone up to float rounding (a greedy near-tie may resolve differently)."""
-    per_edit = max((sum(d.numel() * d.element_size() for d in ds.values()) for ds in deltas), default=1)
+    per_edit = max((nbytes(ds) for ds in deltas), default=1)
     size = max(1, min(batch_size, GENERATION_DELTA_BYTES // max(1, per_edit)))
     out: list[str] = []
     for start in range(0, len(prompts), size):

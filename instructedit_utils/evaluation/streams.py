@@ -38,7 +38,7 @@ from typing import Any, Sequence
 from ..data.instructions import EditRequest
 from ..methods.registry import EditingMethod, StreamBroken
 from ..models.batches import score_split
-from ..models.deltas import applied, nonfinite
+from ..models.deltas import applied, nbytes, nonfinite
 from ..models.metrics import encode_pair, perplexity, perplexity_of
 from ..util.runs import RunFolder
 from .harness import (UneditedScores, base_fields, case_settings, edits_by_deltas, generate_edited_fields, generates,
@@ -102,7 +102,7 @@ def evaluate_streams(method: EditingMethod, model, tokenizer, streams: Sequence[
         rows, deltas = _run_stream(method, model, tokenizer, streams[i], ready[i][0], probes, split, score_kwargs,
                                    unedited, lower_states, defer)
         pending.append((i, rows, deltas))
-        if not defer or i == todo[-1] or sum(_nbytes(d) for _, _, d in pending) >= GENERATION_DELTA_BYTES:
+        if not defer or i == todo[-1] or sum(nbytes(d) for _, _, d in pending) >= GENERATION_DELTA_BYTES:
             if defer:
                 _generate_ends(model, tokenizer, [(streams[j], rows, d) for j, rows, d in pending], score_kwargs)
             for j, rows, _ in pending:
@@ -137,10 +137,6 @@ def _write(run: RunFolder | None, method: EditingMethod, name: str, rows: list[d
             run.cases_path(name).unlink()  # a torn stream: its rows are recomputed as a whole
         run.append_cases(name, [{**row, "settings": stamp} for row in rows])
     return rows
-
-
-def _nbytes(deltas: dict | None) -> int:
-    return sum(d.numel() * d.element_size() for d in deltas.values()) if deltas else 0
 
 
 def _generate_ends(model, tokenizer, ended: Sequence[tuple[Sequence[EditRequest], list[dict[str, Any]], dict | None]],

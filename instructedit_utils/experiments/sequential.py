@@ -221,15 +221,17 @@ def evaluate(cfg: ExperimentConfig, model, tokenizer, methods: Mapping[str, Edit
     returns (stream rows, batch rows)."""
     if cfg.sequence is None:
         raise ValueError("This experiment has no sequence config (no stream parameters were given)")
-    todo = [job for job in jobs(cfg, list(methods)) if not job.finished()]
+    every = jobs(cfg, list(methods))
+    todo = [job for job in every if not job.finished()]
     if len(todo) > 1 and cfg.n_workers() > 1:
         run_in_workers(cfg, _worker, todo)
+        todo = []  # done there: read back here
     streams, batches = [], []
-    for job in jobs(cfg, list(methods)):
-        if job.finished():
-            rows = job.run(model, tokenizer, methods[job.name])
-        else:  # one process: the jobs run here
+    for job in every:
+        if any(job is t for t in todo):  # one process: the unfinished jobs run here
             rows = _timed(job, model, tokenizer, methods[job.name], cfg.model.num_threads or 1)
+        else:
+            rows = job.run(model, tokenizer, methods[job.name])
         (streams if isinstance(job, StreamJob) else batches).extend(rows)
     return streams, batches
 

@@ -12,6 +12,11 @@ from torch import nn
 from .loading import arch_spec
 
 
+def nbytes(deltas: Mapping[str, torch.Tensor] | None) -> int:
+    """Bytes a set of weight deltas holds (0 for None)."""
+    return sum(d.numel() * d.element_size() for d in deltas.values()) if deltas else 0
+
+
 def nonfinite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """The names of ``tensors`` holding a NaN or an infinity (a weight change or a weight no edit may leave)."""
     return [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
