@@ -54,16 +54,21 @@ def length_summary(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METR
     return summarize(cases, by=("setting", "method", "stream/length"), metrics=present, seed=seed)
 
 
-def _longest(rows: Sequence[dict[str, Any]]) -> int | None:
-    """The longest stream length among ``rows`` (None without streams)."""
-    return max((r["stream/length"] for r in rows if "stream/length" in r), default=None)
+def _longest(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The longest stream length of each method among ``rows`` (methods of ``SequenceConfig.method_records`` stop
+    earlier than the others)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        if "stream/length" in r:
+            out[r["method"]] = max(out.get(r["method"], 0), r["stream/length"])
+    return out
 
 
 def checkpoint_summary(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = ("edit/acc", "gen/acc", "loc/acc"),
                        seed: int = 0) -> pd.DataFrame:
     """The longest stream's retention at each checkpoint ``after`` (mean over its edits so far, 95% CI)."""
     longest = _longest(rows)
-    cases = [r for r in rows if r.get("when") == "retention" and r["stream/length"] == longest]
+    cases = [r for r in rows if r.get("when") == "retention" and r["stream/length"] == longest[r["method"]]]
     if not cases:
         return pd.DataFrame()
     return summarize(cases, by=("setting", "method", "after"), metrics=list(metrics), seed=seed)
@@ -75,8 +80,9 @@ def forgetting(rows: Sequence[dict[str, Any]], metric: str = "edit/acc", seed: i
     earlier edits*."""
     longest = _longest(rows)
     cases = [{**r, "moment": "right after its edit"} for r in rows
-             if r.get("when") == "edit" and r["stream/length"] == longest]
-    cases += [{**r, "moment": "after the stream"} for r in final_cases(rows) if r["stream/length"] == longest]
+             if r.get("when") == "edit" and r["stream/length"] == longest[r["method"]]]
+    cases += [{**r, "moment": "after the stream"} for r in final_cases(rows)
+              if r["stream/length"] == longest[r["method"]]]
     if not cases:
         return pd.DataFrame()
     diffs = paired_difference(cases, metric, "moment", "after the stream", "right after its edit",
@@ -132,8 +138,8 @@ def breaking_points(rows: Sequence[dict[str, Any]], metric: str = "edit/acc", se
         else:
             held = found and all(v.word == verdicts.EQUIVALENT or (v.word == verdicts.DIFFERENT and d < 0)
                                  for _, d, v in found)
-            where = (f"holds up to T = {longest}" if held else
-                     f"{verdicts.UNRESOLVED} up to T = {longest}" if found else verdicts.MISSING)
+            where = (f"holds up to T = {longest.get(method)}" if held else
+                     f"{verdicts.UNRESOLVED} up to T = {longest.get(method)}" if found else verdicts.MISSING)
             why = "; ".join(f"T = {t}: {v}" for t, _, v in found)
         out.append({"setting": setting, "method": method, "where": where, "evidence": why})
     return pd.DataFrame(out)

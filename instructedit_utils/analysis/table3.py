@@ -17,16 +17,19 @@ from ..data import paper
 from . import verdicts
 from ..methods.registry import EditingMethod
 from ..methods.mend import TrainedEditor
-from ..evaluation.summaries import is_fraction, metric_label, paired_difference
+from ..evaluation.summaries import is_fraction, metric_label, paired_difference, summarize, wide_table
 from ..models.metrics import bootstrap_ci
 import dataclasses
 
-ORDER = ("base", "ft-l", "calinet", "ke", "mend", "grace", "instructedit")  # the paper's column order
+ORDER = ("base", "ft-l", "calinet", "ke", "mend", "grace", "instructedit",  # the paper's column order, then
+         "rome", "memit", "alphaedit")  # the columns beyond the paper
+BEYOND_PAPER = ("rome", "memit", "alphaedit")  # not in the paper's Table 3 (issue 29)
 LABELS = {"base": "Base", "ft-l": "FT-L", "calinet": "CaliNet", "ke": "KE", "mend": "MEND", "grace": "GRACE",
-          "instructedit": "InstructEdit"}
+          "instructedit": "InstructEdit", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit"}
 KIND = {"base": "no edit", "ft-l": "optimised per edit (weights)", "calinet": "optimised per edit (added slots)",
         "grace": "optimised per edit (codebook)", "ke": "trained hypernetwork", "mend": "trained hypernetwork",
-        "instructedit": "trained hypernetwork + instruction"}
+        "instructedit": "trained hypernetwork + instruction",
+        **dict.fromkeys(BEYOND_PAPER, "located, closed-form update (beyond the paper)")}
 
 
 def ordered(names: Sequence[str]) -> list[str]:
@@ -90,6 +93,8 @@ def method_descriptions(methods: Mapping[str, EditingMethod]) -> str:
                          "unchanged. The radius is small against the distances between an edit prompt and its "
                          "rephrases (measured in `instructedit_utils/grace.py`), so GRACE edits the prompt it saw "
                          "and little else — by design.")
+        elif name in BEYOND_PAPER:
+            lines.append(_locate_description(name, m))
         elif isinstance(m, TrainedEditor):
             kind = ("InstructEdit {cite:p}`tian2024instructedit`: chapter 2's hypernetwork with the instruction"
                     if m.use_instructions else "chapter 2's hypernetwork without the instruction")
@@ -102,6 +107,48 @@ def method_descriptions(methods: Mapping[str, EditingMethod]) -> str:
             lines.append(f"**{LABELS.get(name, name)}** — {kind}; trained in chapter 2 on "
                          f"{', '.join(m.editor.config.tasks)} for up to {m.editor.config.steps} steps.")
     return "\n".join(f"* {line}" for line in lines)
+
+
+def _locate_description(name: str, m) -> str:
+    """ROME's, MEMIT's or AlphaEdit's bullet: what it changes, with this run's settings (issue 29)."""
+    c = m.config
+    blocks = ", ".join(str(x) for x in m.layers)
+    value = (f"the value: a shift of the residual stream after block {m.layers[-1]} at the subject's last token, "
+             f"{c.v_steps} Adam steps (learning rate {c.v_lr:g}) on the target's NLL after the bare prompt and "
+             f"{c.contexts} generated prefix context(s), plus {c.kl_factor:g} × the KL term on \"<subject> is a\", "
+             f"norm at most {c.clamp_norm_factor:g} × the residual's; keys' statistics from "
+             f"{m.stats[0].tokens:,} tokens of the train splits of {', '.join(c.stats_tasks)}")
+    if name == "rome":
+        return (f"**ROME** {{cite:p}}`meng2022rome` (beyond the paper): a rank-one change of the MLP output matrix "
+                f"of block {blocks} that maps the subject's key to its new value exactly, in the metric of the keys' "
+                f"second moment; {value}.")
+    if name == "memit":
+        return (f"**MEMIT** {{cite:p}}`meng2023memit` (beyond the paper): the same value spread over the MLP "
+                f"output matrices of blocks {blocks} by least squares (λ = {c.mom2_update_weight:g} × the keys' "
+                f"dimension); {value}.")
+    dims = ", ".join(str(n) for n in m.null_space())
+    return (f"**AlphaEdit** {{cite:p}}`fang2025alphaedit` (beyond the paper): MEMIT's spread over blocks {blocks} "
+            f"with each update projected onto the null space of the keys' second moment (its weakest directions, "
+            f"holding {100 * c.nullspace_energy:g} % of its trace: {dims} of {m.stats[0].moment.shape[0]} "
+            f"dimensions per block); {value}.")
+
+
+def beyond_paper_table(cases: Sequence[dict[str, Any]], reference: Sequence[str] = ("base", "mend", "instructedit"),
+                       metrics: Sequence[str] = ("edit/acc", "gen/acc", "loc/acc"), seed: int = 0) -> pd.DataFrame:
+    """The methods beyond the paper beside ``reference`` on the cases **all** of them edited (the smaller sample of
+    ``method_samples``): rows task / method, cells mean ± half-width of the 95% bootstrap CI, in percent."""
+    names = [n for n in (*reference, *BEYOND_PAPER) if any(c["method"] == n for c in cases)]
+    by_method = {n: {(c.get("setting"), c["case_id"]) for c in cases if c["method"] == n} for n in names}
+    common = set.intersection(*by_method.values()) if by_method else set()
+    kept = [c for c in cases if c["method"] in names and (c.get("setting"), c["case_id"]) in common]
+    if not kept:
+        return pd.DataFrame()
+    summary = summarize(kept, by=("task", "method"), metrics=[m for m in metrics if any(m in c for c in kept)],
+                        seed=seed)
+    wide = wide_table(summary.assign(row=summary["task"] + " / " + summary["method"].map(lambda n: LABELS.get(n, n))),
+                      index="row")
+    rows = [f"{t} / {LABELS.get(m, m)}" for t in dict.fromkeys(summary["task"]) for m in names]
+    return wide.reindex([r for r in rows if r in wide.index])
 
 
 def paired_against(cases: Sequence[dict[str, Any]], reference: str = "instructedit",
@@ -205,6 +252,28 @@ def _pooled_difference(cases: Sequence[dict[str, Any]], method: str, reference: 
     rows = [dict(c, task="all") for c in cases if c["method"] in (method, reference)]
     d = paired_difference(rows, metric, "method", method, reference, seed=seed) if rows else pd.DataFrame()
     return None if d.empty else d.iloc[0]
+
+
+def beyond_paper_verdicts(cases_mt: Sequence[dict[str, Any]], cases_ho: Sequence[dict[str, Any]],
+                          reference: str = "instructedit", seed: int = 0,
+                          done: Mapping[str, dict] | None = None) -> list[str]:
+    """One sentence per method beyond the paper and setting: ``reference − method`` of Reliability, Generalization
+    and Locality on the cases both edited (the training tasks pooled; the hold-out task), in words computed by
+    :func:`~instructedit_utils.analysis.verdicts.direction` (unresolved below its ``MIN_N`` cases), gated on the
+    reference editor having trained."""
+    lines = []
+    label = LABELS.get(reference, reference)
+    for name in [n for n in BEYOND_PAPER if any(c["method"] == n for c in cases_mt + cases_ho)]:
+        for setting, cases in (("training tasks (pooled)", cases_mt), ("hold-out", cases_ho)):
+            parts = []
+            for metric in ("edit/acc", "gen/acc", "loc/acc"):
+                v = verdicts.gate(verdicts.direction(_pooled_difference(cases, name, reference, metric, seed)),
+                                  {reference: (done or {}).get(reference)} if done is not None else {})
+                word = (f"{label} higher" if v.word == verdicts.REPRODUCED else
+                        f"{LABELS[name]} higher" if v.word == verdicts.REVERSED else v.word)
+                parts.append(f"{metric_label(metric)}: {word}" + (f" ({v.evidence})" if v.evidence else ""))
+            lines.append(f"**{LABELS[name]}**, {setting}, {label} − {LABELS[name]}: " + "; ".join(parts) + ".")
+    return lines
 
 
 def paper_claims(cases_mt: Sequence[dict[str, Any]], cases_ho: Sequence[dict[str, Any]],

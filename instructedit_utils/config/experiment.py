@@ -89,8 +89,10 @@ class ExperimentConfig:
     sequence: "SequenceConfig | None" = None  # sequential and batch editing (the chapter on edits that must last)
     # --- evaluation settings (notebooks 03/04, instructedit-eval) ---
     editors_dir: str | None = None  # trained editors (default: the sibling run folder 02_editor_training)
-    methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base", ft-l/calinet/grace or editor folders
-    method_options: dict[str, dict] | None = None  # options of ft-l/calinet/grace (their config dataclasses)
+    methods: tuple[str, ...] = ("base", "mend", "instructedit")  # "base", methods of OPTIONS or editor folders
+    method_options: dict[str, dict] | None = None  # options of the methods of OPTIONS (their config dataclasses)
+    method_samples: dict[str, int] | None = None  # records per task for the named methods: the first n of each task's
+    # sample, so that they pair with every other method's cases (None: sample_per_task for every method)
     holdout_tasks: tuple[str, ...] = ("zsre",)  # tasks no editor was trained on
     holdout_split: str = "all"  # split hold-out tasks are sampled from (no multi-task editor saw any of it)
     descriptions_file: str | None = None  # external descriptions to test (unseen-instruction setting)
@@ -146,6 +148,10 @@ class ExperimentConfig:
                 raise ValueError(f"method_options: {name!r} takes no options (methods with options: "
                                  f"{sorted(OPTIONS)})")
             make_config(OPTIONS[name], options, name)
+        self.method_samples = {k: int(v) for k, v in (self.method_samples or {}).items()} or None
+        for name, n in (self.method_samples or {}).items():
+            if n < 1:
+                raise ValueError(f"method_samples: {name!r} needs at least one record per task, got {n}")
         if self.descriptions_file is not None:
             self.descriptions()  # validated now, before any model loads
         if self.instructions_file is not None:

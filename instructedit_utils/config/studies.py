@@ -222,7 +222,10 @@ class SequenceConfig:
     gives the perplexity. One sample per seed of :attr:`stream_seeds`. **Batch editing**: the first
     ``max(batch_sizes)`` records of the training setting, edited in groups of each size of :attr:`batch_sizes` by each
     editor of :attr:`batch_methods`. Every length (size) must divide the largest one. :attr:`holdout_methods` limits
-    the hold-out streams to some methods (the hold-out question is InstructEdit's against MEND's)."""
+    the hold-out streams to some methods (the hold-out question is InstructEdit's against MEND's);
+    :attr:`method_records` stops some methods' streams early (e.g. ``{"alphaedit": 10}``: streams of 1 and 10 edits
+    over the first 10 records; their longest stream is the one of 10, with its checkpoints), for methods whose every
+    edit costs an optimisation through most of the model."""
 
     stream_lengths: tuple[int, ...] = (1, 10, 100)
     stream_points: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
@@ -233,6 +236,7 @@ class SequenceConfig:
     probe_records: int = 10
     paired_records: int | None = None
     holdout_methods: tuple[str, ...] | None = None  # methods with hold-out streams (None: every method)
+    method_records: dict[str, int] | None = None  # methods whose streams stop at this many records (a stream length)
 
     def __post_init__(self):
         self.stream_lengths = _dividing(self.stream_lengths, "stream_lengths")
@@ -262,6 +266,11 @@ class SequenceConfig:
         self.batch_methods = tuple(self.batch_methods)
         if self.holdout_methods is not None:
             self.holdout_methods = tuple(self.holdout_methods)
+        self.method_records = {k: int(v) for k, v in (self.method_records or {}).items()} or None
+        for name, n in (self.method_records or {}).items():
+            if n not in self.stream_lengths:
+                raise ValueError(f"SequenceConfig.method_records: {name!r} stops at {n} records, which must be one of "
+                                 f"the stream lengths {self.stream_lengths}")
 
     def streams_of(self, method: str, setting: str) -> bool:
         """Whether ``method`` edits the streams of ``setting``."""
@@ -272,9 +281,18 @@ class SequenceConfig:
         """Records per setting and seed: the longest stream's length."""
         return max(self.stream_lengths)
 
-    def covered(self, length: int) -> int:
-        """Records the streams of ``length`` cover: all for the longest, :attr:`paired_records` for the others."""
+    def covered(self, length: int, method: str | None = None) -> int:
+        """Records the streams of ``length`` cover: all for the longest, :attr:`paired_records` for the others; for a
+        method of :attr:`method_records`, its records at every length."""
+        cap = (self.method_records or {}).get(method)
+        if cap is not None:
+            return cap
         return self.records if length == self.records or self.paired_records is None else self.paired_records
+
+    def lengths_of(self, method: str) -> tuple[int, ...]:
+        """The stream lengths ``method`` edits: every one, or those up to its :attr:`method_records`."""
+        cap = (self.method_records or {}).get(method)
+        return tuple(t for t in self.stream_lengths if cap is None or t <= cap)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,7 +9,8 @@
 2. **Apply them in order** (sequential editing): each edit is computed on the model the previous edits left and its
    weight change added to the model's weights, inside a context that restores them bit-exactly afterwards (the
    caller's model is unchanged once the edited model is saved). Only methods whose edits
-   are weight changes (``weight_deltas``: MEND, InstructEdit, KE, FT-L) give a model that loads without project
+   are weight changes (``weight_deltas``: MEND, InstructEdit, KE, FT-L, ROME, MEMIT, AlphaEdit; kept in order by the
+   method's stream, so AlphaEdit's later edits preserve its earlier ones' keys) give a model that loads without project
    code; a method that adds modules (GRACE's codebook, CaliNet's slots) is refused with an error that says so.
 3. **Check**: before and after each edit, the target's probability (teacher-forced, all its tokens) and the greedy
    continuation of the edit prompt, whether it starts with the target, and the continuation of the locality prompt;
@@ -37,7 +38,6 @@ from ..models.metrics import generate, generation_success, score_targets
 from ..data.records import EditRecord, iter_json_lines
 from ..config.parameters import add_arguments, config_from_args as notebook_config_from_args, parse_cli
 from ..methods.registry import EditingMethod
-from ..models.deltas import applied
 from ..util.runtime import setup_torch
 from .settings import editors_dir, load_methods
 import pandas as pd
@@ -132,14 +132,15 @@ def edits_applied(method, model, tokenizer, specs: Sequence[EditSpec], requests:
     if type(method).weight_deltas is EditingMethod.weight_deltas:
         raise NotSaveable(f"{method.name} does not edit by changing weights (it adds modules to the model), so its "
                           "edited model cannot be saved as a plain Hugging Face folder; methods that can: MEND, "
-                          "InstructEdit, KE, FT-L")
+                          "InstructEdit, KE, FT-L, ROME, MEMIT, AlphaEdit")
     rows = []
     with contextlib.ExitStack() as stack:
+        stream = stack.enter_context(method.stream(model, tokenizer))  # AlphaEdit's keeps the earlier edits' keys
         for spec, request in zip(specs, requests):
             row = {"line": spec.line, "prompt": spec.prompt, "target": spec.target, "task": spec.task,
                    "input": request.prompt}
             row.update({f"before/{k}": v for k, v in check(model, tokenizer, spec, request, max_new_tokens).items()})
-            stack.enter_context(applied(model, method.weight_deltas(model, tokenizer, request)))
+            stream.add(request)
             row.update({f"after/{k}": v for k, v in check(model, tokenizer, spec, request, max_new_tokens).items()})
             rows.append(row)
         for row, spec, request in zip(rows, specs, requests):

@@ -42,7 +42,7 @@ JOB_SECONDS = "job_seconds"  # <run_dir>/job_seconds.jsonl: each job's seconds i
 #: the methods whose edits take many optimisation steps, the slowest first: their jobs start first
 #: (``benchmarks/bench_levers.py --levers baselines``: CaliNet's 25 steps cost about 1.4 s an edit on SmolLM2, GRACE's
 #: about 1 s; FT-L stops at its loss plateau and its streams cost about what MEND's do, see ``job_seconds.jsonl``)
-SLOWEST = ("calinet", "grace")
+SLOWEST = ("rome", "memit", "alphaedit", "calinet", "grace")  # ROME & co.: a value optimisation through most blocks
 
 
 def stream_tasks(cfg: ExperimentConfig, setting: str) -> tuple[str, ...]:
@@ -115,19 +115,23 @@ class StreamJob:
         return f"stream_{self.name}_{self.setting}_s{self.seed}_T{length}_{index}"
 
     def streams(self, length: int) -> int:
-        return self.cfg.sequence.covered(length) // length
+        return self.cfg.sequence.covered(length, self.name) // length
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return self.cfg.sequence.lengths_of(self.name)
 
     def finished(self) -> bool:
         folder = RunFolder(Path(self.cfg.run_dir) / STREAMS_DIR)
-        return all(stream_finished(folder, self.file(t, i))
-                   for t in self.cfg.sequence.stream_lengths for i in range(self.streams(t)))
+        return all(stream_finished(folder, self.file(t, i)) for t in self.lengths for i in range(self.streams(t)))
 
     def run(self, model, tokenizer, method: EditingMethod) -> list[dict[str, Any]]:
         """Every stream of this job (finished ones read back), the longest first; rows with ``setting``, ``seed``,
         ``stream/length`` and ``stream/index``."""
         cfg = self.cfg
         folder = RunFolder(Path(cfg.run_dir) / STREAMS_DIR)
-        requests = stream_requests(cfg, method, self.setting, self.seed)
+        requests = stream_requests(cfg, method, self.setting, self.seed)[:cfg.sequence.covered(self.lengths[-1],
+                                                                                               self.name)]
         kwargs = cfg.score_kwargs()
         states: dict = {}  # the lower states of every prompt, for all streams of this method (edits never touch them)
         base = UneditedSubset.of(UneditedScores(folder.path / "unedited", model, kwargs), requests, model, tokenizer,
@@ -135,8 +139,8 @@ class StreamJob:
         settings = {**cfg.case_settings(stream_tasks(cfg, self.setting), instructions=method.use_instructions),
                     "stream/setting": self.setting, "stream/seed": self.seed}
         rows = []
-        for length in reversed(cfg.sequence.stream_lengths):
-            longest = length == cfg.sequence.records
+        for length in reversed(self.lengths):
+            longest = length == self.lengths[-1]
             n = self.streams(length)
             out = evaluate_streams(method, model, tokenizer,
                                    [requests[i * length:(i + 1) * length] for i in range(n)],

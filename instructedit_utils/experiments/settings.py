@@ -34,6 +34,7 @@ them). The notebooks (03, 04) and the command line call the same functions with 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from functools import partial
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from ..methods.registry import CONFIGS, build
+from ..methods.registry import CONFIGS, REGISTRY, build
 
 from ..methods.registry import EditingMethod
 from ..config.experiment import EDITORS_NOTEBOOK, ExperimentConfig
@@ -76,16 +77,20 @@ def editors_dir(cfg: ExperimentConfig) -> Path:
 
 def load_methods(cfg: ExperimentConfig, model, tokenizer, names: Sequence[str] | None = None
                  ) -> dict[str, EditingMethod]:
-    """The methods named in ``cfg.methods``: ``base``; ``ft-l``/``calinet``/``grace`` built from
-    ``cfg.method_options`` (their layer defaults to the edited layers of ``cfg.model``); any other name is a trained
-    editor (MEND, InstructEdit, KE), a folder of :func:`editors_dir`."""
+    """The methods named in ``cfg.methods``: ``base``; ``ft-l``/``calinet``/``grace``/``rome``/``memit``/``alphaedit``
+    built from ``cfg.method_options`` (FT-L's, CaliNet's and GRACE's layer defaults to the edited layers of
+    ``cfg.model``; the locate-then-edit methods get ``cfg.data_dir`` for their keys' statistics); any other name is a
+    trained editor (MEND, InstructEdit, KE), a folder of :func:`editors_dir`."""
     out: dict[str, EditingMethod] = {}
     layers = cfg.model.edit_layers or ()
     for name in names or cfg.methods:
         if name == "base" or name in CONFIGS:
             options = (cfg.method_options or {}).get(name, {})
-            out[name] = build(name, model, tokenizer, **({"default_layers": layers, **options}
-                                                                   if name != "base" else {}))
+            if name != "base":
+                options = {"default_layers": layers, **options}
+                if "data_dir" in inspect.signature(REGISTRY[name]).parameters:  # methods reading the task files
+                    options["data_dir"] = cfg.data_dir
+            out[name] = build(name, model, tokenizer, **options)
             continue
         folder = editors_dir(cfg) / name
         if not is_trained(folder):
@@ -96,11 +101,22 @@ def load_methods(cfg: ExperimentConfig, model, tokenizer, names: Sequence[str] |
 
 
 def _requests(cfg: ExperimentConfig, method: EditingMethod, tasks: Sequence[str], description):
+    """``(description used, requests)`` of ``method`` on ``tasks``: the seeded sample of ``cfg.sample_per_task``
+    records per task, or its first ``cfg.method_samples[name]`` of each task (the same records as the others')."""
     described = description if method.use_instructions else None
-    return described, task_requests(tasks, cfg.splits(tasks), cfg.sample_per_task, seed=cfg.seed,
-                                    instructions=method.use_instructions, data_dir=cfg.data_dir,
-                                    instruct_locality=cfg.instruct_locality, description=described,
-                                    pool=cfg.pool())
+    requests = task_requests(tasks, cfg.splits(tasks), cfg.sample_per_task, seed=cfg.seed,
+                             instructions=method.use_instructions, data_dir=cfg.data_dir,
+                             instruct_locality=cfg.instruct_locality, description=described, pool=cfg.pool())
+    limit = (cfg.method_samples or {}).get(method.name)
+    if limit is not None:
+        taken: dict[str, int] = {}
+        kept = []
+        for r in requests:
+            taken[r.task] = taken.get(r.task, 0) + 1
+            if taken[r.task] <= limit:
+                kept.append(r)
+        requests = kept
+    return described, requests
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,8 @@ def evaluate_in_workers(setting: str, jobs: Sequence[Job], methods: Mapping[str,
     for job in pending:
         if job.name not in job.cfg.methods:
             raise ValueError(f"A worker builds methods by name from cfg.methods; {job.name!r} is not among them")
+    # a method's ``schedule`` orders the jobs (stable): ROME first, since MEMIT and AlphaEdit, last, read its values
+    pending.sort(key=lambda job: getattr(methods[job.name], "schedule", 0))
 
     run_in_workers(jobs[0].cfg, partial(_evaluate_worker, setting), pending)
 

@@ -90,6 +90,20 @@ def null_space_projector(cov: torch.Tensor, threshold: float = 1e-2) -> torch.Te
     return kept @ kept.T
 
 
+def energy_threshold(cov: torch.Tensor, energy: float) -> float:
+    """The eigenvalue threshold below which ``cov``'s weakest eigenvalues together hold at most the share ``energy``
+    of its trace (at least the smallest one): :func:`null_space_projector`'s threshold when the null space is chosen by
+    the energy the preserved keys have there (``‖Δ K₀‖² ≤ ‖Δ‖² · energy · tr(K₀ K₀ᵀ)``)."""
+    if not 0 < energy < 1:
+        raise ValueError(f"energy must be in (0, 1), got {energy}")
+    eigenvalues = torch.linalg.eigvalsh(_matrix("cov", cov, 2))
+    kept = max(1, int((torch.cumsum(eigenvalues, 0) <= energy * eigenvalues.sum()).sum()))
+    if kept >= len(eigenvalues):
+        return float("inf")
+    # halfway to the next eigenvalue: the projector's own eigendecomposition may differ in the last digits
+    return float(eigenvalues[kept - 1] + eigenvalues[kept]) / 2
+
+
 def projected_update(weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, projector: torch.Tensor,
                      previous_keys: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
     """AlphaEdit's ``Δ`` for keys ``[in, n]`` and values ``[out, n]`` confined to ``projector``'s range (see the module
@@ -105,11 +119,12 @@ def projected_update(weight: torch.Tensor, keys: torch.Tensor, values: torch.Ten
                          f"{list(p.shape)}")
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    moment = k @ k.T
+    # Δᵀ = (P M + α I)⁻¹ P K Rᵀ with M = K Kᵀ + K_p K_pᵀ: every column of Δᵀ lies in P's range, so Δ k0 = 0 wherever
+    # P k0 = 0. P M is formed as (P K) Kᵀ + (P K_p) K_pᵀ: a few keys, never a d × d × d product
+    pk = p @ k
+    system = pk @ k.T + alpha * torch.eye(p.shape[0], dtype=torch.float64)
     if previous_keys is not None:
         kp = _matrix("previous_keys", previous_keys, 2)
-        moment = moment + kp @ kp.T
-    # Δᵀ = (P M + α I)⁻¹ P K Rᵀ: every column of Δᵀ lies in P's range, so Δ k0 = 0 wherever P k0 = 0
-    system = p @ moment + alpha * torch.eye(p.shape[0], dtype=torch.float64)
-    delta = torch.linalg.solve(system, p @ k @ (v - w @ k).T).T
+        system = system + (p @ kp) @ kp.T
+    delta = torch.linalg.solve(system, pk @ (v - w @ k).T).T
     return delta.to(weight.dtype).to(weight.device)

@@ -22,7 +22,8 @@ Table 3, here), ``mend`` (a trained MEND-family editor, :mod:`~instructedit_util
 was trained with instructions, multi-task or single-task MEND without), ``ke`` (a trained KE editor,
 :mod:`~instructedit_utils.methods.ke`) and the optimisation-based baselines ``ft-l``
 (:mod:`~instructedit_utils.methods.ft`), ``calinet`` (:mod:`~instructedit_utils.methods.calinet`) and ``grace``
-(:mod:`~instructedit_utils.methods.grace`), built from options of their config dataclass
+(:mod:`~instructedit_utils.methods.grace`), and beyond the paper ``rome``, ``memit`` and ``alphaedit``
+(:mod:`~instructedit_utils.methods.rome`), built from options of their config dataclass
 (:mod:`~instructedit_utils.config.options`). New methods join with :func:`register`::
 
     @register("my-method", config=MyConfig)
@@ -87,6 +88,7 @@ class EditingMethod:
     name: str = "method"
     use_instructions: bool = False
     first_edited_block: int | None = None
+    schedule: int = 0  # order of jobs run side by side (lower first): a method whose work others reuse goes first
 
     @property
     def fingerprint(self) -> str:
@@ -210,7 +212,11 @@ class DeltaStream(EditStream):
         return dict(self.total)
 
     def _add(self, request: EditRequest) -> None:
-        deltas = self.method.weight_deltas(self.model, self.tokenizer, request)
+        self.apply(self.method.weight_deltas(self.model, self.tokenizer, request))
+
+    def apply(self, deltas: dict[str, torch.Tensor]) -> None:
+        """Keep ``deltas`` on the model (taken back on exit) and in the running sum; non-finite deltas or weights
+        raise :class:`FloatingPointError`."""
         bad = nonfinite(deltas)
         if bad:
             raise FloatingPointError(f"{self.method.name}: non-finite weight change of {bad}")

@@ -28,7 +28,7 @@ def test_statistics_are_cached_and_refused_for_another_model_or_layer(tiny_llama
     assert first.tokens > 0 and first.moment.shape == (model.config.intermediate_size,) * 2
     files = list(tmp_path.rglob("*.pt"))
     assert len(files) == 1 and MODULE in files[0].name
-    monkeypatch.setattr(ks, "collect_moment", lambda *a, **k: pytest.fail("recomputed instead of read"))
+    monkeypatch.setattr(ks, "collect_moments", lambda *a, **k: pytest.fail("recomputed instead of read"))
     again = key_statistics(model, tok, MODULE, TEXTS, "unit-texts", folder=tmp_path)
     assert torch.equal(again.moment, first.moment) and again.tokens == first.tokens
     with pytest.raises(ValueError, match="of module .* cannot be reused"):
