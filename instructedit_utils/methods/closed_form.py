@@ -75,33 +75,27 @@ def least_squares_update(weight: torch.Tensor, keys: torch.Tensor, values: torch
     return delta.to(weight.dtype).to(weight.device)
 
 
-def null_space_projector(cov: torch.Tensor, threshold: float = 1e-2) -> torch.Tensor:
+def null_space_projector(cov: torch.Tensor, threshold: float = 1e-2, energy: float | None = None) -> torch.Tensor:
     """AlphaEdit's ``P = Û Ûᵀ``: ``Û`` the eigenvectors of the preserved keys' second moment ``cov`` whose eigenvalue
-    is below ``threshold`` (AlphaEdit's ``nullspace_threshold``), in float64. An empty null space is an error: no
+    is below ``threshold`` (AlphaEdit's ``nullspace_threshold``), in float64. With ``energy`` (in (0, 1)) instead: the
+    weakest eigenvectors whose eigenvalues together hold at most that share of the trace (at least the weakest one),
+    so that ``‖Δ K₀‖² ≤ ‖Δ‖² · energy · tr(K₀ K₀ᵀ)`` whatever the keys' scale. An empty null space is an error: no
     update could then leave every preserved key alone."""
     c = _matrix("cov", cov, 2)
     if c.shape[0] != c.shape[1]:
         raise ValueError(f"cov must be square, got {list(c.shape)}")
-    eigenvalues, vectors = torch.linalg.eigh((c + c.T) / 2)
-    kept = vectors[:, eigenvalues < threshold]
+    if energy is not None and not 0 < energy < 1:
+        raise ValueError(f"energy must be in (0, 1), got {energy}")
+    eigenvalues, vectors = torch.linalg.eigh((c + c.T) / 2)  # ascending
+    if energy is not None:
+        weakest = max(1, int((torch.cumsum(eigenvalues, 0) <= energy * eigenvalues.sum()).sum()))
+        kept = vectors[:, :weakest]
+    else:
+        kept = vectors[:, eigenvalues < threshold]
     if kept.shape[1] == 0:
         raise ValueError(f"no eigenvalue of cov is below {threshold} (smallest {float(eigenvalues[0]):.3g}): the null "
                          "space is empty; raise the threshold or use more keys of fewer dimensions")
     return kept @ kept.T
-
-
-def energy_threshold(cov: torch.Tensor, energy: float) -> float:
-    """The eigenvalue threshold below which ``cov``'s weakest eigenvalues together hold at most the share ``energy``
-    of its trace (at least the smallest one): :func:`null_space_projector`'s threshold when the null space is chosen by
-    the energy the preserved keys have there (``‖Δ K₀‖² ≤ ‖Δ‖² · energy · tr(K₀ K₀ᵀ)``)."""
-    if not 0 < energy < 1:
-        raise ValueError(f"energy must be in (0, 1), got {energy}")
-    eigenvalues = torch.linalg.eigvalsh(_matrix("cov", cov, 2))
-    kept = max(1, int((torch.cumsum(eigenvalues, 0) <= energy * eigenvalues.sum()).sum()))
-    if kept >= len(eigenvalues):
-        return float("inf")
-    # halfway to the next eigenvalue: the projector's own eigendecomposition may differ in the last digits
-    return float(eigenvalues[kept - 1] + eigenvalues[kept]) / 2
 
 
 def projected_update(weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, projector: torch.Tensor,

@@ -61,8 +61,7 @@ from ..models.deltas import applied
 from ..models.key_statistics import KeyStatistics, key_statistics_many
 from ..models.loading import model_fingerprint
 from ..util.paths import cache_dir
-from .closed_form import (energy_threshold, least_squares_update, null_space_projector, projected_update,
-                          rank_one_update)
+from .closed_form import least_squares_update, null_space_projector, projected_update, rank_one_update
 from .edit_loop import n_blocks
 from .locate import (Value, ValueOptions, block_name, capture, compute_value, context_templates, mlp_matrix,
                      subject_position)
@@ -261,8 +260,7 @@ class AlphaEdit(LocateEdit):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.projectors = [null_space_projector(s.moment, energy_threshold(s.moment, self.config.nullspace_energy))
-                           for s in self.stats]
+        self.projectors = [null_space_projector(s.moment, energy=self.config.nullspace_energy) for s in self.stats]
         self.alphas = [self.config.l2 * float(s.moment.trace()) for s in self.stats]
 
     def null_space(self) -> list[int]:
@@ -297,25 +295,17 @@ class AlphaEditStream(DeltaStream):
                          for p, k in zip(self.previous, keys)]
 
 
-# The factories: ``default_layers`` (the hypernetwork editors' blocks, which the other baselines default to) is taken
-# and not used, these methods have their own rule; ``data_dir``: where the statistics' task files are; ``texts``: the
-# statistics' text instead of them (tests, users with text of their own).
+def _register(name: str, cls: type, config: type) -> None:
+    """Register ``cls`` as ``name``: its factory takes ``default_layers`` (the hypernetwork editors' blocks, which the
+    other baselines default to) and does not use it, these methods have their own rule; ``data_dir``: where the
+    statistics' task files are; ``texts``: the statistics' text instead of them (tests, users with text of their own);
+    the rest are options of ``config``."""
+    def build(model, tokenizer, *, name: str = name, default_layers=(), data_dir=None, texts=None,
+              **options) -> EditingMethod:
+        return cls(model, tokenizer, make_config(config, options, name), name, data_dir=data_dir, texts=texts)
+    register(name, config=config)(build)
 
 
-@register("rome", config=RomeConfig)
-def _build_rome(model, tokenizer, *, name: str = "rome", default_layers=(), data_dir=None, texts=None,
-                **options) -> EditingMethod:
-    return Rome(model, tokenizer, make_config(RomeConfig, options, name), name, data_dir=data_dir, texts=texts)
-
-
-@register("memit", config=MemitConfig)
-def _build_memit(model, tokenizer, *, name: str = "memit", default_layers=(), data_dir=None, texts=None,
-                 **options) -> EditingMethod:
-    return Memit(model, tokenizer, make_config(MemitConfig, options, name), name, data_dir=data_dir, texts=texts)
-
-
-@register("alphaedit", config=AlphaEditConfig)
-def _build_alphaedit(model, tokenizer, *, name: str = "alphaedit", default_layers=(), data_dir=None, texts=None,
-                     **options) -> EditingMethod:
-    config = make_config(AlphaEditConfig, options, name)
-    return AlphaEdit(model, tokenizer, config, name, data_dir=data_dir, texts=texts)
+_register("rome", Rome, RomeConfig)
+_register("memit", Memit, MemitConfig)
+_register("alphaedit", AlphaEdit, AlphaEditConfig)

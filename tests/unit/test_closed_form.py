@@ -4,8 +4,8 @@ computed by autograd, AlphaEdit's preserved keys) rather than against the formul
 import pytest
 import torch
 
-from instructedit_utils.methods.closed_form import (energy_threshold, least_squares_update, null_space_projector,
-                                                    projected_update, rank_one_update)
+from instructedit_utils.methods.closed_form import (least_squares_update, null_space_projector, projected_update,
+                                                    rank_one_update)
 from instructedit_utils.models.deltas import applied
 
 
@@ -106,10 +106,12 @@ def test_bad_input_is_refused_with_what_is_wrong():
         projected_update(w, _random(6, 2), _random(4, 2), torch.eye(6), alpha=0)
 
 
-def test_the_energy_threshold_keeps_the_weakest_directions_holding_that_share_of_the_trace():
+def test_a_null_space_by_energy_keeps_the_weakest_directions_holding_that_share_of_the_trace():
     cov = torch.diag(torch.tensor([1.0, 2.0, 3.0, 100.0], dtype=torch.float64))  # trace 106
     for energy, dims in ((0.05, 2), (0.001, 1), (0.99, 3)):  # 1 + 2 ≤ 5.3; at least one; 1 + 2 + 3 ≤ 104.9
-        threshold = energy_threshold(cov, energy)
-        assert round(float(null_space_projector(cov, threshold).trace())) == dims
+        projector = null_space_projector(cov, energy=energy)
+        assert round(float(projector.trace())) == dims
+        assert torch.allclose(projector, torch.diag(torch.tensor([1.0] * dims + [0.0] * (4 - dims),
+                                                                 dtype=torch.float64)), atol=1e-12)
     with pytest.raises(ValueError, match="energy must be in"):
-        energy_threshold(cov, 1.0)
+        null_space_projector(cov, energy=1.0)
