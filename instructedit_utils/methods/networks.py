@@ -35,6 +35,34 @@ class RunningNorm(nn.Module):
         self.m2 += m2_b + delta ** 2 * (n_a * n_b / n)
         self.count.fill_(float(n))
 
+    def state(self) -> torch.Tensor:
+        """``[count, mean…, m2…]`` as one float64 vector (what :meth:`merge` takes)."""
+        return torch.cat([self.count.reshape(1), self.mean, self.m2]).clone()
+
+    @torch.no_grad()
+    def merge(self, start: torch.Tensor, ends: torch.Tensor) -> None:
+        """Become ``start`` updated with the rows that took it to each of ``ends`` (``[P, 1 + 2·dim]`` states, as
+        :meth:`state` gives), in order: the statistics one process gathers from all the rows (Chan et al.'s parallel
+        merge of each end's rows, recovered exactly from ``start`` and that end)."""
+        dim = self.mean.shape[0]
+        c0, mu0, m20 = start[0], start[1:1 + dim], start[1 + dim:]
+        count, mean, m2 = c0.clone(), mu0.clone(), m20.clone()
+        for end in ends:
+            c1, mu1, m21 = end[0], end[1:1 + dim], end[1 + dim:]
+            n_b = c1 - c0
+            if n_b <= 0:
+                continue
+            mean_b = (mu1 * c1 - mu0 * c0) / n_b
+            m2_b = m21 - m20 - (mean_b - mu0) ** 2 * (c0 * n_b / c1)
+            n = count + n_b
+            delta = mean_b - mean
+            mean = mean + delta * (n_b / n)
+            m2 = m2 + m2_b + delta ** 2 * (count * n_b / n)
+            count = n
+        self.count.copy_(count)
+        self.mean.copy_(mean)
+        self.m2.copy_(m2)
+
     @property
     def std(self) -> torch.Tensor:
         return (self.m2 / (self.count - 1).clamp_min(1)).sqrt().clamp_min(self.eps)

@@ -51,13 +51,16 @@ def lower_fingerprint(model: torch.nn.Module, start: int) -> dict[str, object]:
 class LowerStates:
     """A folder of lower states of one model and split (see the module docstring); ``get``/``put`` by tokens."""
 
-    def __init__(self, directory: str | os.PathLike, model: torch.nn.Module, start: int):
+    def __init__(self, directory: str | os.PathLike, model: torch.nn.Module, start: int, writable: bool = True):
+        """``writable=False``: read what is stored, never write (the other processes of a multi-process run)."""
         self.fingerprint = lower_fingerprint(model, start)
         key = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:16]
         self.directory = Path(directory) / key
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.writable = writable
+        if writable:
+            self.directory.mkdir(parents=True, exist_ok=True)
         meta = self.directory / META_FILE
-        if not meta.is_file():
+        if writable and not meta.is_file():
             _atomic(meta, lambda path: path.write_text(json.dumps(self.fingerprint, indent=2)))
         self.hits = self.misses = 0
 
@@ -83,6 +86,8 @@ class LowerStates:
         return state
 
     def put(self, header: Sequence[int], seq: Sequence[int], state: torch.Tensor) -> None:
+        if not self.writable:
+            return
         path = self.path(header, seq)
         path.parent.mkdir(exist_ok=True)
         tokens = torch.tensor(list(header) + [-1] + list(seq), dtype=torch.long)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from accelerate import PartialState
+
 from ..config.parameters import add_arguments, config_from_args as notebook_config_from_args, parse_cli
 from ..util.runs import RunFolder
 from ..util.runtime import setup_torch
 from .plan import training_configs
-from .pool import train_editors
+from .pool import train_editors, worker_threads
 
 NOTEBOOK = "02_editor_training"
 
@@ -42,11 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(args.editor or ()) - set(configs)
     if unknown:
         parser.error(f"unknown editor(s) {sorted(unknown)}; choose from {sorted(configs)}")
-    setup_torch(cfg.model.num_threads, cfg.seed)
-    RunFolder(cfg.run_dir).write_params(cfg.to_dict())  # as the notebook does (chapter 4 reads the editors' config)
+    processes = PartialState(cpu=cfg.model.device == "cpu")  # under `accelerate launch`: this process of several
+    setup_torch(worker_threads(cfg.model.num_threads, processes.num_processes), cfg.seed)  # cores shared, not oversubscribed
+    if processes.is_main_process:  # as the notebook does (chapter 4 reads the editors' config)
+        RunFolder(cfg.run_dir).write_params(cfg.to_dict())
     model, tokenizer = cfg.model.load()
     chosen = {name: method for name, method in configs.items() if not args.editor or name in args.editor}
-    train_editors(cfg, model, tokenizer, chosen, progress=not args.no_progress)
+    # several launched processes train each editor together, one editor after the other (no pool of workers)
+    train_editors(cfg, model, tokenizer, chosen, progress=not args.no_progress,
+                  workers=1 if processes.num_processes > 1 else None)
     return 0
 
 

@@ -95,12 +95,21 @@ class TaskSampler:
         self.cursor = {t: list(c) for t, c in state["cursor"].items()}
 
 
-def draw_example(config: MethodConfig, sampler: TaskSampler, tokenizer, pool, step: int, micro: int = 0,
-                 process: int = 0) -> TrainExample:
-    """The training example of micro-batch ``micro`` of ``step`` in process ``process``: its seeded draw of a record
-    (advancing ``sampler``), instruction and example. The trainer draws with it; so do estimates of a run's cost."""
-    rng = random.Random(f"{config.seed}/{step}/{micro}/{process}")
-    record = sampler.draw(rng)
+def draw_records(config: MethodConfig, sampler: TaskSampler, step: int, count: int
+                 ) -> list[tuple[random.Random, EditRecord]]:
+    """The records of the ``count`` edits of ``step`` (all processes' together, in order), each with its seeded
+    generator: every process draws them all, so the samplers' cursors stay the same in every process. Edit ``j`` of a
+    step is seeded with ``(seed, step, j)`` whatever the number of processes (the trailing ``/0`` is the former process
+    index, kept so that one process draws what every earlier run drew)."""
+    draws = []
+    for j in range(count):
+        rng = random.Random(f"{config.seed}/{step}/{j}/0")
+        draws.append((rng, sampler.draw(rng)))  # in order: each draw advances the sampler
+    return draws
+
+
+def example_of(config: MethodConfig, tokenizer, pool, rng: random.Random, record: EditRecord) -> TrainExample:
+    """The training example of a drawn record: its instruction (from ``rng``, continued from the draw) and tokens."""
     request = make_edit_request(record, instructions=config.use_instructions, rng=rng, pool=pool)
     return make_example(request, tokenizer, rng, config)
 
@@ -109,8 +118,8 @@ def first_examples(config: MethodConfig, tokenizer, records: dict[str, list[Edit
                    ) -> list[TrainExample]:
     """The examples a fresh run of ``config`` draws in its first ``steps`` steps (one process), in order."""
     sampler = TaskSampler(records, config.weights(), config.seed)
-    return [draw_example(config, sampler, tokenizer, pool, step, micro)
-            for step in range(1, steps + 1) for micro in range(config.grad_accumulation)]
+    return [example_of(config, tokenizer, pool, rng, record) for step in range(1, steps + 1)
+            for rng, record in draw_records(config, sampler, step, config.grad_accumulation)]
 
 
 def example_tokens(example: TrainExample) -> int:

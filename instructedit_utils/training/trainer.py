@@ -26,8 +26,10 @@ Folder of one editor (``<run>/<name>/``): ``editor.safetensors`` + ``editor.json
 
 Several editors: :func:`train_editors` trains the unfinished ones side by side, each in its own process with a share
 of the threads (never oversubscribed), then loads them all. Multi-GPU: the same code runs under ``accelerate
-launch``; each process draws its own edits (seeded with its process index), gradients and normalisation statistics
-are averaged across processes, the main process writes.
+launch``: a step's ``grad_accumulation × P`` edits are drawn alike in all ``P`` processes and each process edits its
+share, the gradients are averaged and the normalisation statistics merged as if one process had seen every row, so
+``P`` processes train the editor one process trains with ``grad_accumulation × P`` (tested with two CPU processes,
+``tests/integration/test_accelerate_launch.py``); only the main process writes.
 """
 from __future__ import annotations
 
@@ -50,11 +52,12 @@ from ..data.records import EditRecord
 from ..data.tasks import load_task
 from ..evaluation.scoring import score_requests
 from ..methods.mend import EDITOR_META, MendEditor
+from ..methods.networks import RunningNorm
 from ..models.forward import SplitForward
 from ..models.loading import lower_dtype_of
 from ..models.states import LowerStates
 from ..util.runs import RunFolder, atomic_write_json, atomic_write_text, jsonl
-from .step import TaskSampler, draw_example, edit_step, initial_editor
+from .step import TaskSampler, draw_records, edit_step, example_of, initial_editor
 from .validation import edit_and_score, validation_metrics, validation_requests
 import pandas as pd
 
@@ -282,7 +285,7 @@ class _Trainer:
         self.window: dict[str, list[float]] = defaultdict(list)
         self.val_states: dict = {}  # the validation edits' lower states, kept across rounds (edit_and_score)
         runner = self.editor.runner(model)
-        self.store = (LowerStates(states_dir, model, runner.start)
+        self.store = (LowerStates(states_dir, model, runner.start, writable=self.main)
                       if states_dir is not None and isinstance(runner, SplitForward) else None)
 
     def checkpoint(self) -> None:
@@ -336,31 +339,50 @@ class _Trainer:
             "kept_from": self.config.name})
 
     def _edits(self, step: int) -> tuple[bool, dict[str, list[float]]]:
-        """Loss and backward pass of the ``grad_accumulation`` edits of ``step``; (all finite, their metrics)."""
+        """Loss and backward pass of this process's ``grad_accumulation`` edits of ``step``; (all finite, metrics).
+
+        With ``P`` processes the step has ``P × grad_accumulation`` edits, drawn in every process
+        (:func:`~.step.draw_records`); process ``p`` takes the ``p``-th run of ``grad_accumulation`` of them, so ``P``
+        processes train on the edits one process draws with ``grad_accumulation × P``."""
         metrics: dict[str, list[float]] = defaultdict(list)
-        for micro in range(self.config.grad_accumulation):
-            example = draw_example(self.config, self.sampler, self.tokenizer, self.pool, step, micro,
-                                   self.accelerator.process_index)
+        g, acc = self.config.grad_accumulation, self.accelerator
+        drawn = draw_records(self.config, self.sampler, step, g * acc.num_processes)
+        for rng, record in drawn[acc.process_index * g:(acc.process_index + 1) * g]:
+            example = example_of(self.config, self.tokenizer, self.pool, rng, record)
             loss, values = edit_step(self.editor, self.model, example, self.config, self.tokenizer.pad_token_id,
                                      self.store)
             if not torch.isfinite(loss):
                 return False, metrics
-            (loss / self.config.grad_accumulation).backward()
+            (loss / g).backward()
             for k, v in values.items():
                 metrics[k].append(v)
                 if k in ("edit/acc", "loc/acc"):
                     metrics[f"{example.task}/{k}"].append(v)
         return True, metrics
 
+    def _synchronise(self, finite: bool, norms_before: dict[str, torch.Tensor]) -> bool:
+        """Across processes: finite only if finite everywhere; then the mean gradient, the normalisation statistics
+        of every process's rows (:meth:`~instructedit_utils.methods.networks.RunningNorm.merge`, as one process
+        gathers them) and the mean of any other buffer (KE's multiplier)."""
+        acc = self.accelerator
+        flags = acc.gather(torch.tensor([float(finite)], dtype=torch.float64, device=acc.device))
+        finite = bool(flags.min() > 0)
+        if finite:
+            for p in self.editor.parameters():
+                if p.grad is not None:
+                    p.grad = acc.reduce(p.grad, reduction="mean")
+        norms = {name: m for name, m in self.editor.named_modules() if isinstance(m, RunningNorm)}
+        for name, norm in norms.items():
+            norm.merge(norms_before[name], acc.gather(norm.state()[None]))
+        for name, buf in self.editor.named_buffers():
+            if name.rsplit(".", 1)[0] not in norms:
+                buf.copy_(acc.reduce(buf, reduction="mean"))
+        return finite
+
     def _update(self, step: int, finite: bool) -> torch.Tensor:
-        """Average across processes, clip, and take the optimizer step unless something is non-finite (guarded)."""
+        """Clip and take the optimizer step unless something is non-finite (guarded)."""
         config, state = self.config, self.state
         params = [p for p in self.editor.parameters() if p.grad is not None]
-        if self.accelerator.num_processes > 1:
-            for p in params:
-                p.grad = self.accelerator.reduce(p.grad, reduction="mean")
-            for _, buf in self.editor.named_buffers():
-                buf.copy_(self.accelerator.reduce(buf, reduction="mean"))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip) if params else torch.tensor(0.0)
         if finite and bool(torch.isfinite(grad_norm)):
             self.optimizer.step()
@@ -381,7 +403,12 @@ class _Trainer:
         t0 = time.perf_counter()
         step = self.state["step"] + 1
         self.optimizer.zero_grad(set_to_none=True)
+        several = self.accelerator.num_processes > 1
+        before = ({name: m.state() for name, m in self.editor.named_modules() if isinstance(m, RunningNorm)}
+                  if several else {})
         finite, metrics = self._edits(step)
+        if several:
+            finite = self._synchronise(finite, before)
         grad_norm = self._update(step, finite)
         self.state["step"] = step
         dt = time.perf_counter() - t0

@@ -227,6 +227,25 @@ def test_running_norm_matches_hand_computed():
         RunningNorm(2).normalize(x)
 
 
+def test_running_norm_merge_of_processes_is_one_process_seeing_every_row():
+    """What several trainer processes do after a step: each updated the same start with its own rows; merged, the
+    statistics are those of one process updated with all the rows in process order (hand-computed values as above)."""
+    x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0], [7.0, 14.0]])
+    start, first, second = RunningNorm(2), RunningNorm(2), RunningNorm(2)
+    for norm in (start, first, second):
+        norm.update(x[:1])
+    first.update(x[1:3])
+    second.update(x[3:])
+    merged = RunningNorm(2)
+    merged.merge(start.state(), torch.stack([first.state(), second.state()]))
+    assert merged.count.item() == 4
+    torch.testing.assert_close(merged.mean, torch.tensor([4.0, 11.0], dtype=torch.float64))
+    torch.testing.assert_close(merged.std, torch.tensor([(20 / 3) ** 0.5, 2.0], dtype=torch.float64))
+    alone = RunningNorm(2)  # a process without rows this step changes nothing
+    alone.merge(start.state(), torch.stack([start.state(), first.state()]))
+    torch.testing.assert_close(alone.state(), first.state())
+
+
 def test_unfilled_normalisation_is_an_error(tiny_llama):
     model, tok = tiny_llama
     editor = MendEditor.for_model(model, MethodConfig(rank=8), (2, 3)).eval()
