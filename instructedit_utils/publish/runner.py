@@ -31,15 +31,19 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config.parameters import (RUNS_DIR, add_arguments, notebook_parameters, notebook_path, notebooks, overrides_by_notebook,
-                         parse_overrides, resolved_parameters)
+from ..config.parameters import (RUNS_DIR, add_arguments, notebook_parameters, notebook_path, notebooks,
+                                overrides_by_notebook, parse_overrides, resolved_parameters, smoke_overrides)
 from ..util.paths import PROJECT_ROOT, project_path
 from ..config.experiment import ExperimentConfig, ModelConfig
 from ..models import loading as models
+from . import provenance
 
 EXECUTED_DIR = PROJECT_ROOT / "book" / "executed"
 COST_FILE = "cost.json"  # in each notebook's run folder: what its last execution by the runner cost
 PUBLISH_DIR = "publish"  # in a run folder: pages for other pages of the book, copied next to the executed notebooks
+ARCHIVE_PAGE = "09_results"  # links the archive of every run folder's summaries
+READS_OTHER_RUNS = ("09_results", "10_cost")  # pages that read the other chapters' runs: no launch links
+SMOKE_DIR = "smoke"  # under runs/: where --smoke runs go (runs/smoke/<profile>/...)
 
 
 def cpu_name() -> str:
@@ -124,9 +128,10 @@ def publish(run_dir: Path, output_dir: Path) -> list[Path]:
 
 
 def run_notebook(name: str, profile: str = "cpu", overrides: dict[str, Any] | None = None,
-                 output_dir: Path = EXECUTED_DIR, runs_dir: Path = RUNS_DIR) -> Path:
+                 output_dir: Path = EXECUTED_DIR, runs_dir: Path = RUNS_DIR, smoke: bool = False) -> Path:
     """Execute one notebook with papermill into ``output_dir``; raises on the first failing cell. Records what it
-    cost in the run folder, folds the set-up cells and publishes the pages the notebook wrote for the book."""
+    cost in the run folder, folds the set-up cells, publishes the pages the notebook wrote for the book and ends the
+    page with its provenance footer and downloads (:func:`finish_page`)."""
     import papermill
 
     path = notebook_path(name)
@@ -141,12 +146,24 @@ def run_notebook(name: str, profile: str = "cpu", overrides: dict[str, Any] | No
     papermill.execute_notebook(str(path), str(out), parameters=params, cwd=str(PROJECT_ROOT),
                                kernel_name="python3", progress_bar=False, log_output=False)
     cost = execution_cost(path.stem, resolved, time.time() - started, started)
-    cost["resumed"] = resumed
+    cost.update(resumed=resumed, smoke=smoke)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / COST_FILE).write_text(json.dumps(cost, indent=2) + "\n")
     fold_setup_cells(out)
     publish(run_dir, output_dir)
+    finish_page(out, cost, run_dir, Path(runs_dir) / profile)
     return out
+
+
+def finish_page(out: Path, cost: dict[str, Any], run_dir: Path, profile_dir: Path) -> None:
+    """The executed notebook's provenance footer: its downloads (summary tables; on the results page, the archive of
+    every run folder's summaries) and, where a chapter runs on its own, links to run it in Colab or Binder."""
+    name = out.stem
+    downloads = provenance.copy_downloads(run_dir, out.parent, name)
+    archive = provenance.summaries_archive(profile_dir, out.parent) if name == ARCHIVE_PAGE else None
+    launch = ({} if name in READS_OTHER_RUNS else
+              provenance.launch_links(provenance.repository_url(PROJECT_ROOT), cost.get("commit"), name))
+    provenance.add_footer(out, provenance.footer_markdown(cost, downloads, archive, launch))
 
 
 def read_costs(profile: str = "cpu", runs_dir: Path = RUNS_DIR) -> list[dict[str, Any]]:
@@ -180,7 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where executed notebooks go (default: the book's; another folder keeps the book as is)")
     parser.add_argument("--no-build", action="store_true", help="only execute, do not build the book")
     parser.add_argument("--no-execute", action="store_true", help="only build the book from executed notebooks")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every notebook with the profile's own code paths at the smallest scale, on the tiny "
+                             "random model of the profile's model's architecture, on CPU, in a few minutes (runs "
+                             f"and executed notebooks under {SMOKE_DIR}/ unless --runs-dir/--output-dir say; no book)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.runs_dir = args.runs_dir if args.runs_dir != RUNS_DIR else RUNS_DIR / SMOKE_DIR
+        if args.output_dir == EXECUTED_DIR:
+            args.output_dir = args.runs_dir / args.profile / "executed"
+        args.no_build = True
 
     try:
         overrides = parse_overrides(args.param, args.parameters_file)
@@ -191,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_notebook = overrides_by_notebook(names, overrides)
     except (KeyError, FileNotFoundError) as exc:
         parser.error(exc.args[0] if isinstance(exc, KeyError) else str(exc))
+    if args.smoke:  # the smallest sizes and the tiny model first, what -p/-f say over them
+        per_notebook = {n: {**smoke_overrides(n, args.profile), **mine} for n, mine in per_notebook.items()}
     if not args.no_execute:
         for model in prepare_models(names, args.profile, overrides, args.runs_dir.resolve()):
             print(f"[instructedit-book] model {model} ready (converted once, cached)", flush=True)
@@ -198,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[instructedit-book] executing {name} with profile {args.profile}", flush=True)
             started = time.time()
             out = run_notebook(name, args.profile, per_notebook[name], output_dir=args.output_dir.resolve(),
-                               runs_dir=args.runs_dir.resolve())
+                               runs_dir=args.runs_dir.resolve(), smoke=args.smoke)
             print(f"[instructedit-book] wrote {out} ({(time.time() - started) / 60:.1f} min)", flush=True)
         costs = [c for c in read_costs(args.profile, args.runs_dir.resolve()) if c["notebook"] in names]
         for c in costs:

@@ -1,7 +1,9 @@
 """The built book as a reader sees it, in headless Chromium: every page of ``_toc.yml`` loads without JavaScript
 errors, each chapter shows its figures (decoded, non-zero size) and tables, no page shows an error output, a
 traceback or a machine path, MathJax typesets the equations from the vendored copy (no request leaves the machine),
-and internal links resolve. Screenshots of the intro and the results page go to ``_build/screenshots/``.
+internal links resolve, and every chapter ends with its provenance footer, whose downloads (the chapter's summary
+tables as CSV, the archive of every run's summaries on the results page) resolve to files that read as CSV and zip.
+Screenshots of the intro and the results page go to ``_build/screenshots/``.
 
 The book must be built first; ``INSTRUCTEDIT_BOOK`` names its HTML folder (CI sets ``_build/html`` after
 ``instructedit-book --profile ci``). Without it the test is skipped, saying so.
@@ -36,6 +38,8 @@ PAGE_FACTS = """JSON.stringify((() => {
     typeset: main.querySelectorAll('mjx-container').length,
     math_errors: main.querySelectorAll('mjx-merror').length,
     links: [...document.querySelectorAll('a[href]')].map(a => a.href),
+    provenance: [...document.querySelectorAll('.provenance')].map(e => e.innerText),
+    downloads: [...document.querySelectorAll('.provenance a.download')].map(a => a.href),
   };
 })())""" % ERROR_OUTPUTS
 
@@ -136,3 +140,30 @@ def test_screenshots_of_the_intro_and_the_results_page(pages):
             assert img.width >= 1000 and img.height >= 1000, (shot, img.size)
             shades = img.convert("L").resize((64, 64)).getcolors(maxcolors=4096) or []
             assert len(shades) > 10, f"{shot} is blank"
+
+
+def test_every_chapter_ends_with_its_provenance_and_downloads_that_resolve(pages):
+    import csv
+    import zipfile
+
+    chapters = {p: f for p, f in pages.items() if "/executed/" in p}
+    assert len(chapters) == len([p for p in toc_pages() if "/executed/" in p])
+    for page, f in chapters.items():
+        assert len(f["provenance"]) == 1, f"{page}: {len(f['provenance'])} provenance footers"
+        footer = f["provenance"][0]
+        for fact in ("Provenance.", "profile", "at commit", "started", " min (", "run folder"):
+            assert fact in footer, f"{page}: the provenance footer lacks {fact!r}: {footer[:300]}"
+        targets = [Path(unquote(urlparse(href).path)) for href in f["downloads"]]
+        if not page.endswith("10_cost"):  # the cost page reads the others' cost records and writes no table
+            assert targets, f"{page}: no download in its footer"
+        for target in targets:
+            assert target.is_file() and target.stat().st_size > 0, f"{page}: download {target.name} does not resolve"
+            if target.suffix == ".csv":
+                with target.open(newline="", encoding="utf-8") as fh:
+                    header = next(csv.reader(fh))
+                assert len(header) >= 2, f"{page}: {target.name} does not read as a table"
+            else:
+                with zipfile.ZipFile(target) as archive:
+                    assert any(n.endswith(".csv") for n in archive.namelist()), f"{target.name} holds no table"
+    assert any(t.endswith(".zip") for t in pages["book/executed/09_results"]["downloads"]), \
+        "the results page does not link the archive of the runs' summaries"
