@@ -2,7 +2,8 @@
 
 Command line::
 
-    instructedit-book --profile cpu                 # every notebook, then the book into _build/html
+    instructedit-book --profile cpu                 # every notebook, the book into _build/html, its PDF
+    instructedit-book --profile gpu --smoke         # the gpu profile's code paths, smallest sizes, tiny model, CPU
     instructedit-book --profile ci --no-build 01_instruction_construction
     instructedit-book --profile cpu -p sample_per_task=10 -f my_params.yaml 01_instruction_construction
 
@@ -10,8 +11,11 @@ Executed notebooks land in ``book/executed/`` (what ``_toc.yml`` lists); their a
 ``runs/<profile>/<notebook>/``. Around each execution the runner converts the GGUF models the notebooks load (so the
 conversion's progress goes to the terminal, not onto a page), records what the execution cost in the run folder
 (``cost.json``: wall time, threads, workers, CPU, commit, whether the run folder already held results), folds the
-set-up cells (parameters, papermill's injected cell, config) and copies the pages a notebook wrote for the rest of the
-book (``<run folder>/publish/*.md``) next to the executed notebooks.
+set-up cells (parameters, papermill's injected cell, config), copies the pages a notebook wrote for the rest of the
+book (``<run folder>/publish/*.md``) next to the executed notebooks and ends each page with its provenance footer and
+downloads (:mod:`.provenance`). After the HTML book it prints the PDF (:mod:`.pdf`). ``--smoke`` executes every
+notebook with the profile's own code paths at the sizes of ``profiles/smoke.yaml``, on the tiny random model of the
+profile's model's architecture, on CPU (runs under ``runs/smoke/``; no book).
 
 Each notebook's parameters cell holds the book's default (``cpu``) values; a profile
 (``instructedit_utils/profiles/<name>.yaml``) holds what differs from them: ``defaults`` (given to every notebook that
@@ -36,7 +40,7 @@ from ..config.parameters import (RUNS_DIR, add_arguments, notebook_parameters, n
 from ..util.paths import PROJECT_ROOT, project_path
 from ..config.experiment import ExperimentConfig, ModelConfig
 from ..models import loading as models
-from . import provenance
+from . import pdf, provenance
 
 EXECUTED_DIR = PROJECT_ROOT / "book" / "executed"
 COST_FILE = "cost.json"  # in each notebook's run folder: what its last execution by the runner cost
@@ -197,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where executed notebooks go (default: the book's; another folder keeps the book as is)")
     parser.add_argument("--no-build", action="store_true", help="only execute, do not build the book")
     parser.add_argument("--no-execute", action="store_true", help="only build the book from executed notebooks")
+    parser.add_argument("--no-pdf", action="store_true", help="build the HTML book only, not its PDF")
     parser.add_argument("--smoke", action="store_true",
                         help="every notebook with the profile's own code paths at the smallest scale, on the tiny "
                              "random model of the profile's model's architecture, on CPU, in a few minutes (runs "
@@ -237,6 +242,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.time()
         index = build_book()
         print(f"[instructedit-book] book: {index} ({(time.time() - started) / 60:.1f} min)", flush=True)
+        if not args.no_pdf:
+            return print_book()
+    return 0
+
+
+def print_book(root: Path = PROJECT_ROOT) -> int:
+    """The book's PDF (:func:`.pdf.build_pdf`), checked for blank pages; 1 when one is blank."""
+    started = time.time()
+    path = pdf.build_pdf(root)
+    pages, blank = pdf.blank_pages(path)
+    print(f"[instructedit-book] PDF: {path.relative_to(root)}, {pages} pages ({(time.time() - started) / 60:.1f} min)",
+          flush=True)
+    if blank:
+        print(f"[instructedit-book] ERROR: blank PDF pages {blank}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

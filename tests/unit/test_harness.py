@@ -300,6 +300,14 @@ def test_instruction_switch_follows_the_method(tiny_llama, cf_records, tmp_path,
         settings.unseen(cfg, model, tok, methods["off"])
 
 
+def test_a_metric_no_case_has_pairs_nothing():
+    """ConvSent's cases carry no Generalization: pairing it gives an empty table, not a KeyError (the gpu profile's
+    chapter 4 failed on it; the smoke run found it)."""
+    cases = [{"case_id": "1", "task": "convsent", "method": m, "edit/acc": v} for m, v in (("a", 0.5), ("b", 1.0))]
+    assert paired_difference(cases, "gen/acc", "method", "a", "b").empty
+    assert paired_difference(cases, "edit/acc", "method", "a", "b").iloc[0]["diff"] == 0.5
+
+
 def test_summaries_and_paired_differences_on_known_values():
     cases = [{"case_id": str(i), "task": "t", "method": m, "edit/acc": v}
              for i, (a, b) in enumerate([(0.0, 1.0), (0.5, 1.0), (1.0, 1.0), (0.5, 0.5)])

@@ -82,3 +82,18 @@ def test_every_file_of_the_package_is_tracked():
                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     ignored = [f for f in ignored if "__pycache__" not in f and not f.endswith(".pyc")]
     assert ignored == []
+
+
+def test_license_and_citation_describe_this_package():
+    import instructedit_utils
+
+    root = Path(__file__).resolve().parents[2]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert pyproject["license"] == "MIT" and (root / "LICENSE").read_text().startswith("MIT License")
+    cff = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT"
+    assert cff["version"] == instructedit_utils.__version__ == pyproject["version"]
+    paper = cff["references"][0]
+    assert "arXiv:2402.16123" in [i["value"] for i in paper["identifiers"]]
+    intro = (root / "book" / "intro.md").read_text()
+    assert "## How to cite" in intro and f"version = {{{cff['version']}}}" in intro

@@ -1,0 +1,62 @@
+"""The book as one PDF, built offline: Jupyter Book's ``singlehtml`` builder puts every page of ``_toc.yml`` into one
+HTML page, which the local headless Chromium prints (MathJax from the vendored copy, figures embedded). Checked for
+its page count and for blank pages (a page with neither text nor an image).
+
+Jupyter Book's own ``pdfhtml`` builder would do the same through pyppeteer, which downloads its own Chromium at
+run time; nothing may be downloaded here, so the Chromium that ``.ci/setup`` installs prints instead.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+PDF_FILE = Path("_build") / "pdf" / "book.pdf"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+#: time the page gets to typeset its equations and decode its figures before it is printed (virtual milliseconds)
+SETTLE_MS = 30000
+
+
+def find_chromium() -> str | None:
+    """The local Chromium (Debian's ``chromium`` first), or None."""
+    return next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
+
+
+def _jupyter_book() -> str:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    return str(exe if exe.exists() else "jupyter-book")
+
+
+def build_pdf(root: Path, strict: bool = True) -> Path:
+    """``jupyter-book build --builder singlehtml`` (``strict``: warnings are errors), then Chromium prints the page
+    to ``_build/pdf/book.pdf``; returns its path. Raises when Chromium is missing or prints nothing."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("no Chromium to print the book with: install Debian's chromium (bash .ci/setup does)")
+    cmd = [_jupyter_book(), "build", str(root), "--builder", "singlehtml"] + (["-W", "-n", "--keep-going"]
+                                                                            if strict else [])
+    subprocess.run(cmd, check=True)
+    start = yaml.safe_load((root / "_toc.yml").read_text())["root"]
+    page = root / "_build" / "singlehtml" / f"{start}.html"
+    out = root / PDF_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
+                    f"--virtual-time-budget={SETTLE_MS}", f"--print-to-pdf={out}", page.as_uri()],
+                   check=True, capture_output=True, timeout=900)
+    if not out.is_file() or out.stat().st_size == 0:
+        raise FileNotFoundError(f"Chromium printed no PDF from {page.name}")
+    return out
+
+
+def blank_pages(path: Path) -> tuple[int, list[int]]:
+    """(pages, the 1-based numbers of blank pages: neither extractable text nor an image) of a PDF."""
+    from pypdf import PdfReader
+
+    reader = PdfReader(path)
+    blank = [i + 1 for i, page in enumerate(reader.pages)
+             if not (page.extract_text() or "").strip() and not page.images]
+    return len(reader.pages), blank
