@@ -39,7 +39,7 @@ class MethodConfig:
     c_edit: float = 0.1
     c_loc: float = 1.0
     steps: int = 1000  # optimizer steps
-    grad_accumulation: int = 1  # edits per optimizer step
+    grad_accumulation: int = 1  # edits per optimizer step in each process (accelerate launch: × processes)
     grad_clip: float = 100.0
     val_every: int = 200  # steps between validations (and checkpoints)
     val_records_per_task: int = 20

@@ -167,7 +167,7 @@ def test_trial_editor_scores_and_the_pool_goes_back_into_the_trainer(tiny_llama,
     assert {r.description for r in validation.validation_requests(ft) if r.task == "counterfact"} <= set(
         pool.seen("counterfact"))
     seen = []
-    original = step.make_example  # the trainer's draws go through step.draw_example
+    original = step.make_example  # the trainer builds its examples through step.example_of
     monkeypatch.setattr(step, "make_example", lambda req, *a: seen.append(req) or original(req, *a))
     start = trainer.train_editor(model, tok, ft, tmp_path / "ft", progress=False, log=None, stop_after=0)
     assert all(torch_equal(start.editor.state_dict(), trained.editor.state_dict()))  # starts from the trial editor
