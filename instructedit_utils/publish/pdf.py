@@ -16,6 +16,7 @@ import yaml
 
 PDF_FILE = Path("_build") / "pdf" / "book.pdf"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+PRINTED_PAGE = "print.html"  # beside the singlehtml build's _static/ and _images/
 #: time the page gets to typeset its equations and decode its figures before it is printed (virtual milliseconds)
 SETTLE_MS = 30000
 
@@ -40,7 +41,11 @@ def build_pdf(root: Path, strict: bool = True) -> Path:
                                                                             if strict else [])
     subprocess.run(cmd, check=True)
     start = yaml.safe_load((root / "_toc.yml").read_text())["root"]
-    page = root / "_build" / "singlehtml" / f"{start}.html"
+    # the one page is written at the root document's path (book/intro.html) but links its styles, scripts, figures
+    # and MathJax relative to the build's top folder: printed there, it finds them
+    built = root / "_build" / "singlehtml"
+    page = built / PRINTED_PAGE
+    page.write_text((built / f"{start}.html").read_text(encoding="utf-8"), encoding="utf-8")
     out = root / PDF_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)

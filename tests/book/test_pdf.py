@@ -1,5 +1,6 @@
 """The book's PDF (``instructedit-book`` prints it after the HTML build, ``instructedit_utils.publish.pdf``): it holds
-every page of ``_toc.yml`` with their provenance footers and no blank page. Needs a built book, like the browser test:
+every page of ``_toc.yml`` with their provenance footers, printed with the site's styles (no navigation, equations
+typeset by MathJax, every figure on paper), and no blank page. Needs a built book, like the browser test:
 ``INSTRUCTEDIT_BOOK=_build/html`` (the PDF is ``_build/pdf/book.pdf`` beside it)."""
 import os
 import re
@@ -34,3 +35,10 @@ def test_the_pdf_holds_every_page_and_no_blank_one():
         title = re.search(r'"# ([^"\\]+)', nb)[1].strip()
         assert title.split(":")[0][:25] in text, f"{page}: its title {title!r} is not in the PDF"
     assert text.count("Provenance.") == len(chapters), "each chapter's provenance footer is printed once"
+    # printed with the site's styles and scripts: no navigation, equations typeset, every figure on paper
+    assert "Skip to main content" not in text, "the page was printed without its styles (navigation shows)"
+    assert not re.search(r"\$\$|\\frac|\\texttt|\\mathbb", text), "equations were printed as raw TeX"
+    printed = (html.parent / "singlehtml" / pdf.PRINTED_PAGE).read_text(encoding="utf-8")
+    figures = len(re.findall(r'<img[^>]+src="_images/[^"]+\.png"', printed))
+    images = sum(len(page.images) for page in PdfReader(path).pages)
+    assert figures > 0 and images >= figures, f"{images} images in the PDF for {figures} figures of the book"
