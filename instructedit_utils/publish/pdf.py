@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -26,20 +25,13 @@ def find_chromium() -> str | None:
     return next((path for path in map(shutil.which, CHROMIUM_NAMES) if path), None)
 
 
-def _jupyter_book() -> str:
-    exe = Path(sys.executable).with_name("jupyter-book")
-    return str(exe if exe.exists() else "jupyter-book")
-
-
-def build_pdf(root: Path, strict: bool = True) -> Path:
-    """``jupyter-book build --builder singlehtml`` (``strict``: warnings are errors), then Chromium prints the page
-    to ``_build/pdf/book.pdf``; returns its path. Raises when Chromium is missing or prints nothing."""
+def print_pdf(root: Path) -> Path:
+    """Chromium prints the ``singlehtml`` build of the book (built beforehand: ``runner.build_book(root,
+    builder="singlehtml")``) to ``_build/pdf/book.pdf``; returns its path. Raises when Chromium is missing or prints
+    nothing."""
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError("no Chromium to print the book with: install Debian's chromium (bash .ci/setup does)")
-    cmd = [_jupyter_book(), "build", str(root), "--builder", "singlehtml"] + (["-W", "-n", "--keep-going"]
-                                                                            if strict else [])
-    subprocess.run(cmd, check=True)
     start = yaml.safe_load((root / "_toc.yml").read_text())["root"]
     # the one page is written at the root document's path (book/intro.html) but links its styles, scripts, figures
     # and MathJax relative to the build's top folder: printed there, it finds them

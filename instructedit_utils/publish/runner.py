@@ -180,14 +180,15 @@ def read_costs(profile: str = "cpu", runs_dir: Path = RUNS_DIR) -> list[dict[str
     return out
 
 
-def build_book(root: Path = PROJECT_ROOT, strict: bool = True) -> Path:
-    """``jupyter-book build`` (execution off in ``_config.yml``); ``strict`` turns warnings into errors (-W)."""
+def build_book(root: Path = PROJECT_ROOT, strict: bool = True, builder: str = "html") -> Path:
+    """``jupyter-book build`` with ``builder`` (``html``, or ``singlehtml`` for the PDF; execution off in
+    ``_config.yml``); ``strict`` turns warnings into errors (-W). Returns the build's ``index.html``."""
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe if exe.exists() else "jupyter-book"), "build", str(root), "--builder", "html"]
+    cmd = [str(exe if exe.exists() else "jupyter-book"), "build", str(root), "--builder", builder]
     if strict:
         cmd += ["-W", "-n", "--keep-going"]
     subprocess.run(cmd, check=True)
-    index = root / "_build" / "html" / "index.html"
+    index = root / "_build" / builder / "index.html"
     if not index.is_file():
         raise FileNotFoundError(f"Book build finished without {index}")
     return index
@@ -248,9 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def print_book(root: Path = PROJECT_ROOT) -> int:
-    """The book's PDF (:func:`.pdf.build_pdf`), checked for blank pages; 1 when one is blank."""
+    """The book's PDF: the ``singlehtml`` build printed by Chromium (:func:`.pdf.print_pdf`), checked for blank
+    pages; 1 when one is blank."""
     started = time.time()
-    path = pdf.build_pdf(root)
+    build_book(root, builder="singlehtml")
+    path = pdf.print_pdf(root)
     pages, blank = pdf.blank_pages(path)
     print(f"[instructedit-book] PDF: {path.relative_to(root)}, {pages} pages ({(time.time() - started) / 60:.1f} min)",
           flush=True)

@@ -360,6 +360,10 @@ class _Trainer:
                     metrics[f"{example.task}/{k}"].append(v)
         return True, metrics
 
+    def _norms(self) -> dict[str, RunningNorm]:
+        """The editor's normalisation statistics by module name."""
+        return {name: m for name, m in self.editor.named_modules() if isinstance(m, RunningNorm)}
+
     def _synchronise(self, finite: bool, norms_before: dict[str, torch.Tensor]) -> bool:
         """Across processes: finite only if finite everywhere; then the mean gradient, the normalisation statistics
         of every process's rows (:meth:`~instructedit_utils.methods.networks.RunningNorm.merge`, as one process
@@ -371,7 +375,7 @@ class _Trainer:
             for p in self.editor.parameters():
                 if p.grad is not None:
                     p.grad = acc.reduce(p.grad, reduction="mean")
-        norms = {name: m for name, m in self.editor.named_modules() if isinstance(m, RunningNorm)}
+        norms = self._norms()
         for name, norm in norms.items():
             norm.merge(norms_before[name], acc.gather(norm.state()[None]))
         for name, buf in self.editor.named_buffers():
@@ -404,8 +408,7 @@ class _Trainer:
         step = self.state["step"] + 1
         self.optimizer.zero_grad(set_to_none=True)
         several = self.accelerator.num_processes > 1
-        before = ({name: m.state() for name, m in self.editor.named_modules() if isinstance(m, RunningNorm)}
-                  if several else {})
+        before = {name: norm.state() for name, norm in self._norms().items()} if several else {}
         finite, metrics = self._edits(step)
         if several:
             finite = self._synchronise(finite, before)

@@ -19,13 +19,6 @@ from urllib.parse import urlparse
 
 import websocket
 
-EXECUTABLES = ("chromium", "chromium-browser", "google-chrome")
-
-
-def find_chromium() -> str | None:
-    return next((shutil.which(name) for name in EXECUTABLES if shutil.which(name)), None)
-
-
 class Browser:
     """One headless Chromium with one page; use as a context manager."""
 

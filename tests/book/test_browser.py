@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-from browser import Browser, find_chromium
+from browser import Browser
+from instructedit_utils.publish.pdf import find_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOK = os.environ.get("INSTRUCTEDIT_BOOK")
