@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..data.instructions import EditRequest
-from ..models.forward import SplitForward, supports_split
+from ..models.forward import SplitForward, StopForward, forward_until_stop, supports_split
 from ..models.loading import arch_spec
 from ..models.metrics import _pad_batch, encode_pair
 
@@ -79,26 +79,20 @@ def capture(model: nn.Module, tokenizer, module_name: str, texts: Sequence[str],
     seqs = [tokenizer(t)["input_ids"] for t in texts]
     device = next(model.parameters()).device
     ids, mask = _pad_batch(seqs, tokenizer.pad_token_id, device=device)
-    found: list[torch.Tensor] = []
 
     def hook(_module, inputs, out):
         value = out if output else inputs[0]
-        found.append((value[0] if isinstance(value, tuple) else value).float())
-        raise _Captured
+        raise StopForward((value[0] if isinstance(value, tuple) else value).float())
 
     handle = module.register_forward_hook(hook)
     try:
-        model(input_ids=ids, attention_mask=mask)
-    except _Captured:
-        pass
+        stopped = forward_until_stop(model, input_ids=ids, attention_mask=mask)
     finally:
         handle.remove()
+    if stopped is None:
+        raise RuntimeError(f"{module_name} was never called in the forward pass")
     rows = torch.arange(len(seqs), device=device)
-    return found[0][rows, torch.tensor(list(positions), device=device)].mean(0)
-
-
-class _Captured(Exception):
-    pass
+    return stopped.payload[rows, torch.tensor(list(positions), device=device)].mean(0)
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,23 @@ from .metrics import _pad_batch
 from .loading import arch_spec, lower_dtype_of
 
 
-class _Stop(Exception):
-    def __init__(self, args, kwargs):
-        self.args_, self.kwargs_ = args, kwargs
+class StopForward(Exception):
+    """Raised by a hook that has what it needs, to end the forward pass there (:func:`forward_until_stop`);
+    ``payload`` carries what it found."""
+
+    def __init__(self, payload: Any = None):
+        super().__init__()
+        self.payload = payload
+
+
+def forward_until_stop(model: nn.Module, **model_kwargs) -> StopForward | None:
+    """``model(**model_kwargs)`` until one of its hooks raises :class:`StopForward`: that stop (with its payload), or
+    None when the pass ran to its end. The caller registers and removes its hooks."""
+    try:
+        model(**model_kwargs)
+    except StopForward as stop:
+        return stop
+    return None
 
 
 def supports_split(model: nn.Module) -> bool:
@@ -130,16 +144,16 @@ class SplitForward:
     def _run_until(self, block: nn.Module, **model_kwargs) -> tuple[tuple, dict]:
         """Run the model until ``block`` is about to be called; return that call's (args, kwargs)."""
         def stop(module, args, kwargs):
-            raise _Stop(args, kwargs)
+            raise StopForward((args, kwargs))
 
         handle = block.register_forward_pre_hook(stop, with_kwargs=True)
         try:
-            self.model(**model_kwargs)
-        except _Stop as s:
-            return s.args_, s.kwargs_
+            stopped = forward_until_stop(self.model, **model_kwargs)
         finally:
             handle.remove()
-        raise RuntimeError(f"Block {block.__class__.__name__} was never called")
+        if stopped is None:
+            raise RuntimeError(f"Block {block.__class__.__name__} was never called")
+        return stopped.payload
 
     @staticmethod
     def _hidden(args, kwargs) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..util.paths import cache_dir
+from .forward import StopForward, forward_until_stop
 from .loading import model_fingerprint
 from .metrics import _pad_batch
 
@@ -73,10 +74,6 @@ def input_width(model: nn.Module, module_name: str) -> int:
     raise ValueError(f"{module_name} is a {type(module).__name__}, not a linear layer whose inputs are keys")
 
 
-class _Done(Exception):
-    pass
-
-
 @torch.no_grad()
 def collect_moments(model: nn.Module, tokenizer, module_names: Sequence[str], texts: Sequence[str],
                     batch_size: int = 16, max_length: int = 128) -> tuple[list[torch.Tensor], int]:
@@ -96,7 +93,7 @@ def collect_moments(model: nn.Module, tokenizer, module_names: Sequence[str], te
             totals[index] += keys.T @ keys
             seen.add(index)
             if len(seen) == len(modules):
-                raise _Done
+                raise StopForward
         return hook
 
     handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(modules)]
@@ -106,10 +103,7 @@ def collect_moments(model: nn.Module, tokenizer, module_names: Sequence[str], te
         for start in range(0, len(encoded), batch_size):
             ids, mask = _pad_batch(encoded[start:start + batch_size], tokenizer.pad_token_id, device=device)
             seen.clear()
-            try:
-                model(input_ids=ids, attention_mask=mask)
-            except _Done:
-                pass
+            forward_until_stop(model, input_ids=ids, attention_mask=mask)
             count += int(mask.sum())
     finally:
         for handle in handles:
