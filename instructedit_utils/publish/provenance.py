@@ -111,8 +111,9 @@ def footer_markdown(cost: dict[str, Any], downloads: Sequence[Path] = (), archiv
     """The provenance footer of one chapter page (MyST), from the runner's cost record of its execution."""
     run = ("resumed: its run folder already held results, which this execution reused" if cost.get("resumed")
            else "fresh: its run folder held no results before")
+    model = cost.get("model")  # the results and cost pages load none
     lines = [":::{container} provenance", f"**Provenance.** Executed with the `{cost.get('profile')}` profile"
-             f"{' (smoke run)' if cost.get('smoke') else ''} on `{cost.get('model') or 'no model'}` at commit "
+             f"{' (smoke run)' if cost.get('smoke') else ''}{f' on `{model}`' if model else ''} at commit "
              f"`{cost.get('commit') or 'unknown'}`, started {_when(cost.get('started'))}, in "
              f"{cost['wall_s'] / 60:.1f} min ({_processes(cost)}); {run}."]
     if downloads:

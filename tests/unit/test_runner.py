@@ -133,6 +133,7 @@ def test_the_results_page_links_one_archive_of_every_runs_summaries(tmp_path, mo
     text = nbformat.read(out, as_version=4).cells[-1].source
     assert "{download}`run-summaries.zip <downloads/run-summaries.zip>`" in text
     assert "Colab" not in text  # the results page reads the other chapters' runs: nothing to launch alone
+    assert "Executed with the `ci` profile at commit" in text  # it loads no model: none is named
     with zipfile.ZipFile(tmp_path / "out" / "downloads" / "run-summaries.zip") as archive:
         names = set(archive.namelist())
     assert {"03_multitask_and_holdout/holdout/summary.csv", "02_editor_training/mend/editor.json",
